@@ -1,1 +1,34 @@
+"""cil-train: the class-incremental phase loop, every method as a recipe, metrics, reports, resume, DDP.
+
+Command line: ``cil-train --help`` (or ``python -m cil_train``). From Python::
+
+    from cil_train import RunConfig, run
+    metrics = run(RunConfig(method="ssil", epochs=5, out="runs/try"))
+"""
+
 __version__ = "0.1.0"
+
+from .config import RunConfig
+from .errors import ConfigError, TrainingDiverged
+
+__all__ = ["ConfigError", "RunConfig", "TrainingDiverged", "__version__", "run"]
+
+
+def run(cfg: RunConfig) -> dict:
+    """Train ``cfg`` in one process and return the final metrics (also written to ``cfg.out``)."""
+    from pathlib import Path
+
+    from .checkpoint import atomic_write_json
+    from .cli import default_out_dir
+    from .config import check_config
+    from .loop import Trainer
+    from .methods import METHODS, method_names
+
+    recipe = METHODS.get(cfg.method)
+    check_config(cfg, method_names(), recipe.memory if recipe else None)
+    out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
+    cfg = cfg.replace(out=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        atomic_write_json(out / "config.json", {k: v for k, v in cfg.to_dict().items() if k != "resume"})
+    return Trainer(cfg, out).run()

@@ -1,0 +1,230 @@
+"""Command line: ``cil-train [OPTIONS]`` trains; ``cil-train compare RUN...`` compares run folders.
+
+The options are generated from :class:`~cil_train.config.RunConfig`, so ``--help`` always shows the
+real defaults. Precedence: defaults < ``--preset`` < options given explicitly. Exit codes: 0 done,
+2 bad configuration or data (one-paragraph message naming the option), 3 the loss diverged,
+130 interrupted (the run can be continued with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+
+from . import __version__
+from .config import RunConfig, check_config, config_fields, option_name
+from .errors import ConfigError, TrainingDiverged
+from .methods import METHODS, method_names
+from .presets import PRESETS, preset_values
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+# options that may accompany --resume (they change where and how verbosely, not what is computed)
+RESUME_RUNTIME_OPTIONS = ("device", "threads", "progress", "plots")
+GROUP_TITLES = {
+    "experiment": "experiment",
+    "data": "data and protocol",
+    "memory": "exemplar memory",
+    "training": "training",
+    "output": "output",
+    "methods": "method options (used by the method named in brackets)",
+}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=110)
+
+
+def _parse_int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _parse_order(text: str) -> str | tuple[int, ...]:
+    return _parse_int_list(text) if text[:1].isdigit() else text
+
+
+def _parse_optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "") else int(text)
+
+
+def _epilog() -> str:
+    methods = "\n".join(f"  {name:<14} {cls.summary}" + ("  [no memory]" if cls.memory == "none" else "")
+                        for name, cls in METHODS.items())
+    presets = "\n".join(f"  {name:<27} {p.description}" for name, p in PRESETS.items())
+    return textwrap.dedent(
+        """
+        methods (--method):
+        {methods}
+
+        presets (--preset; explicit options override them):
+        {presets}
+
+        examples:
+          cil-train                                   # DGR on the embedded Fashion-MNIST subset (a few minutes on a CPU)
+          cil-train --method ssil --epochs 20
+          cil-train --method dgr --preset cifar100-lt-lfs10 --data-root ~/data
+          cil-train --resume runs/20261122-101500-dgr-embedded
+          cil-train compare runs/*dgr* runs/*ssil* --out comparison
+        """
+    ).format(methods=methods, presets=presets).replace("\n        ", "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cil-train",
+        description="Train a class-incremental learner phase by phase on a (long-tailed) data stream.\n"
+        "Run folder: config.json, metrics.json/.csv, checkpoint.pt, memory/, PNG plots.",
+        epilog=_epilog(),
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"cil-train {__version__}")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in config_fields():
+        meta = f.metadata
+        group = groups.setdefault(meta["group"], p.add_argument_group(GROUP_TITLES[meta["group"]]))
+        default = f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = meta["help"] + f" (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text.replace("%", "%%")}
+        if f.type in ("bool", bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.name in ("increments", "lr_steps"):
+            kwargs.update(type=_parse_int_list, metavar="N,N,...")
+        elif f.name == "order":
+            kwargs.update(type=_parse_order, metavar="ORDER")
+        elif f.type in ("int", int):
+            kwargs.update(type=int, metavar="N")
+        elif f.type in ("int | None",):
+            kwargs.update(type=_parse_optional_int, metavar="N")
+        elif f.type in ("float", float, "float | None"):
+            kwargs.update(type=float, metavar="X")
+        else:
+            if "choices" in meta and f.name != "order":
+                kwargs["choices"] = list(meta["choices"])
+            elif f.name == "method":
+                kwargs["choices"] = method_names()
+            elif f.name == "preset":
+                kwargs["choices"] = list(PRESETS)
+            kwargs["metavar"] = f.name.upper() if "choices" not in kwargs else "{" + ",".join(kwargs["choices"]) + "}"
+        group.add_argument(option_name(f.name), **kwargs)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults < preset < explicit options; memory and exemplar-free rules; validation."""
+    explicit = {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
+    if "resume" in explicit:
+        return _resume_config(explicit)
+    values: dict[str, Any] = {}
+    if "preset" in explicit:
+        values.update(preset_values(explicit["preset"]))
+    if "memory_per_class" in explicit and "memory_total" in explicit:
+        raise ConfigError("--memory-per-class and --memory-total are exclusive: a memory is either growing "
+                          "(N per class) or fixed (N in all). Give one of them.")
+    if "memory_total" in explicit:
+        values["memory_per_class"] = None
+    if "memory_per_class" in explicit:
+        values["memory_total"] = None
+    values.update(explicit)
+    method = values.get("method", RunConfig().method)
+    recipe = METHODS.get(method)
+    if recipe is not None and recipe.memory == "none":
+        given = [option_name(k) for k in ("memory_per_class", "memory_total") if explicit.get(k)]
+        if given:
+            raise ConfigError(f"--method {method} is exemplar-free: it keeps no memory of old classes, so "
+                              f"{' and '.join(given)} cannot be used with it. Remove the option, or choose a method "
+                              f"with a memory ({', '.join(n for n, c in METHODS.items() if c.memory != 'none')}).")
+        values["memory_per_class"], values["memory_total"] = 0, None
+    cfg = RunConfig.from_dict(values)
+    check_config(cfg, method_names(), recipe.memory if recipe else None)
+    return cfg
+
+
+def _resume_config(explicit: dict[str, Any]) -> RunConfig:
+    folder = Path(explicit["resume"])
+    saved = folder / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {folder}: no config.json there; give the folder of an earlier run "
+                          "(it holds config.json and checkpoint.pt).")
+    others = sorted(set(explicit) - {"resume", *RESUME_RUNTIME_OPTIONS})
+    if others:
+        raise ConfigError(f"--resume continues a run with its saved configuration; {', '.join(map(option_name, others))} "
+                          f"cannot be changed (only {', '.join(map(option_name, RESUME_RUNTIME_OPTIONS))} can).")
+    values = json.loads(saved.read_text())
+    values.update({k: v for k, v in explicit.items() if k in RESUME_RUNTIME_OPTIONS})
+    values["resume"] = str(folder)
+    values["out"] = str(folder)
+    return RunConfig.from_dict(values)
+
+
+def default_out_dir(cfg: RunConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    tag = cfg.preset or cfg.data
+    return Path("runs") / f"{stamp}-{cfg.method}-{tag}"
+
+
+def _train(argv: Sequence[str]) -> int:
+    from .distributed import broadcast_object, init_distributed
+    from .checkpoint import atomic_write_json
+    from .loop import Trainer
+
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    info = init_distributed(cfg.device)
+    out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
+    out = Path(broadcast_object(str(out), info))
+    if not cfg.resume and (out / "checkpoint.pt").exists():
+        raise ConfigError(f"--out {out} already holds a run (checkpoint.pt); continue it with --resume {out} "
+                          "or choose another --out.")
+    cfg = cfg.replace(out=str(out))
+    trainer = Trainer(cfg, out, info)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            atomic_write_json(out / "config.json", {k: v for k, v in cfg.to_dict().items() if k != "resume"})
+        amp = str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "float32"
+        print(
+            f"cil-train {__version__}: method {cfg.method} on {trainer.dataset.name} "
+            f"({trainer.scenario.num_classes} classes in {trainer.scenario.num_phases} phases, "
+            f"{int(trainer.scenario.train_counts.sum())} training images, "
+            f"ρ={cfg.imbalance:g}), {cfg.backbone}, {cfg.epochs} epochs/phase, device {trainer.device} ({amp}"
+            f"{', ' + str(info.world_size) + ' processes' if info.enabled else ''}), run folder {out}",
+            flush=True,
+        )
+    trainer.run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["compare"]:
+            from .compare import main as compare_main
+
+            return compare_main(argv[1:])
+        return _train(argv)
+    except ConfigError as exc:
+        print(textwrap.fill(f"cil-train: error: {exc}", width=100), file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(textwrap.fill(f"cil-train: stopped: {exc}", width=100), file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("\ncil-train: interrupted; continue with --resume RUN_FOLDER", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""``cil-train compare RUN...``: one markdown table and one plot over several run folders.
+
+Runs that differ only by ``--seed`` are grouped; each group shows mean ± standard deviation over its
+seeds. A group is named after its method plus every method option that differs from the default
+(e.g. ``icarl-jioc[jioc=ic]``), or by ``--labels``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+
+from .checkpoint import atomic_write_json, atomic_write_text
+from .config import RunConfig, config_fields
+from .errors import ConfigError
+from .report import fmt, plot_accuracy_curves
+
+__all__ = ["RunSummary", "group_runs", "load_run", "main", "markdown_table"]
+
+COLUMNS = (
+    ("avg_inc_acc", "avg inc. acc"),
+    ("last_acc", "last acc"),
+    ("forgetting", "forgetting"),
+    ("last_old_acc", "old acc (last)"),
+    ("last_new_acc", "new acc (last)"),
+    ("imbalance_score", "imb. score (mean)"),
+    ("wall_seconds", "time (s)"),
+)
+
+
+@attrs.frozen
+class RunSummary:
+    folder: Path
+    label: str
+    seed: int
+    metrics: dict[str, Any]
+
+    def value(self, key: str) -> float | None:
+        m = self.metrics
+        if key == "last_old_acc":
+            return m["old_acc"][-1]
+        if key == "last_new_acc":
+            return m["new_acc"][-1]
+        if key == "imbalance_score":
+            vals = [v for v in m["imbalance_score"] if v is not None]
+            return sum(vals) / len(vals) if vals else None
+        return m.get(key)
+
+
+def _label(cfg: dict[str, Any]) -> str:
+    defaults = RunConfig()
+    diffs = []
+    for f in config_fields():
+        if f.metadata.get("group") != "methods" or f.name not in cfg:
+            continue
+        value, default = cfg[f.name], getattr(defaults, f.name)
+        if value != default:
+            diffs.append(f"{f.name.removeprefix(cfg['method'].split('-')[0] + '_')}={value}")
+    return cfg["method"] + (f"[{','.join(diffs)}]" if diffs else "")
+
+
+def load_run(folder: str | Path, label: str | None = None) -> RunSummary:
+    folder = Path(folder)
+    mfile, cfile = folder / "metrics.json", folder / "config.json"
+    if not mfile.is_file() or not cfile.is_file():
+        raise ConfigError(f"{folder}: not a finished run folder (needs metrics.json and config.json)")
+    metrics = json.loads(mfile.read_text())
+    if not metrics.get("complete"):
+        raise ConfigError(f"{folder}: the run has not finished (metrics.json is partial); resume it first")
+    cfg = json.loads(cfile.read_text())
+    return RunSummary(folder, label or _label(cfg), int(cfg.get("seed", 0)), metrics)
+
+
+def group_runs(runs: Sequence[RunSummary]) -> dict[str, list[RunSummary]]:
+    groups: dict[str, list[RunSummary]] = {}
+    for r in runs:
+        groups.setdefault(r.label, []).append(r)
+    return groups
+
+
+def _mean_std(values: Sequence[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return fmt(vals[0])
+    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+
+def markdown_table(groups: dict[str, list[RunSummary]]) -> str:
+    head = "| method | seeds | " + " | ".join(title for _k, title in COLUMNS) + " |"
+    rule = "|---|---:|" + "|".join("---:" for _ in COLUMNS) + "|"
+    rows = []
+    for label, runs in groups.items():
+        cells = [_mean_std([r.value(k) for r in runs]) if k != "wall_seconds"
+                 else f"{statistics.mean(r.value(k) for r in runs):.0f}" for k, _t in COLUMNS]
+        rows.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows]) + "\n"
+
+
+def summary_json(groups: dict[str, list[RunSummary]]) -> dict[str, Any]:
+    out = {}
+    for label, runs in groups.items():
+        entry: dict[str, Any] = {"runs": [str(r.folder) for r in runs], "seeds": [r.seed for r in runs]}
+        for key, _t in COLUMNS:
+            vals = [r.value(key) for r in runs if r.value(key) is not None]
+            entry[key] = {"mean": statistics.mean(vals) if vals else None,
+                          "std": statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None,
+                          "values": vals}
+        out[label] = entry
+    return out
+
+
+def _mean_curve(runs: Sequence[RunSummary]) -> dict[str, Any]:
+    first = runs[0].metrics
+    n = len(first["acc_per_phase"])
+    curves = [r.metrics["acc_per_phase"] for r in runs if len(r.metrics["acc_per_phase"]) == n]
+    acc = [statistics.mean(c[i] for c in curves) for i in range(n)]
+    return {"phases": first["phases"], "acc_per_phase": acc, "avg_inc_acc": sum(acc) / n}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cil-train compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="run folders (each with metrics.json and config.json)")
+    p.add_argument("--out", default="comparison", help="folder for comparison.md/.json/.png (default: %(default)s)")
+    p.add_argument("--labels", help="comma-separated labels, one per run folder (default: method + changed options)")
+    p.add_argument("--title", default="", help="title of the plot and the table")
+    args = p.parse_args(argv)
+    labels = args.labels.split(",") if args.labels else [None] * len(args.runs)
+    if len(labels) != len(args.runs):
+        raise ConfigError(f"--labels gives {len(labels)} labels for {len(args.runs)} run folders")
+    runs = [load_run(f, lab) for f, lab in zip(args.runs, labels)]
+    groups = group_runs(runs)
+    out = Path(args.out)
+    table = markdown_table(groups)
+    title = f"## {args.title}\n\n" if args.title else ""
+    atomic_write_text(out / "comparison.md", title + table)
+    atomic_write_json(out / "comparison.json", summary_json(groups))
+    plotted = plot_accuracy_curves([(lab, _mean_curve(rs)) for lab, rs in groups.items()], out / "comparison.png",
+                                   args.title)
+    print(title + table, end="")
+    print(f"wrote {out}/comparison.md, comparison.json" + (", comparison.png" if plotted else " (no plot: matplotlib missing)"))
+    return 0

@@ -1,0 +1,11 @@
+"""Errors of cil-train. A :class:`ConfigError` ends the CLI with exit code 2 and its message."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; the message names the option, the value and what is allowed."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

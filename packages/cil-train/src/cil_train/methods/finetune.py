@@ -1,0 +1,12 @@
+"""Fine-tuning with replay: plain cross-entropy over all seen classes on new data + memory (lower bound)."""
+
+from __future__ import annotations
+
+from .base import Recipe, register
+
+
+@register
+class Finetune(Recipe):
+    name = "finetune"
+    summary = "plain cross-entropy on new data + replay memory (no distillation)"
+    memory = "optional"

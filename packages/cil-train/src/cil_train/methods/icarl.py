@@ -1,0 +1,59 @@
+"""iCaRL (Rebuffi et al. CVPR 2017) as in PyCIL, and iCaRL + JIOC (IJCAI 2024; METHODS.md §3).
+
+iCaRL: ``L = CE(z, y) + KD_T(z[:, :C_old], ẑ)``, ``T = 2``; herding exemplars; evaluated with the
+CNN and the nearest-mean-of-exemplars classifier.
+
+iCaRL + JIOC replaces the two terms by joint input/output coordination:
+``L_JIOC = L_IC + γ1·L_OC + γ2·L_sup``. ``--jioc`` picks the ablation rows of the paper's Table 4:
+``none`` (CE + KD = iCaRL), ``ic`` (L_IC + KD), ``oc`` (CE + L_OC + L_sup), ``both`` (L_JIOC).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+import cil_losses as L
+
+from .base import Batch, Recipe, register
+
+
+@register
+class ICaRL(Recipe):
+    name = "icarl"
+    summary = "CE + KD, herding, NME and CNN evaluation (Rebuffi et al. 2017)"
+    memory = "optional"
+    uses_nme = True
+
+    def loss(self, ctx, batch: Batch):
+        logits = ctx.net(batch.x).float()
+        ce = F.cross_entropy(logits, batch.y)
+        if ctx.num_old == 0:
+            return ce, {"ce": float(ce)}
+        kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.cfg.kd_temperature)
+        return ce + kd, {"ce": float(ce), "kd": float(kd)}
+
+
+@register
+class ICaRLJIOC(ICaRL):
+    name = "icarl-jioc"
+    summary = "iCaRL with joint input/output coordination; --jioc both|ic|oc|none for the ablations (IJCAI 2024)"
+    memory = "required"
+
+    def loss(self, ctx, batch: Batch):
+        cfg = self.cfg
+        use_ic = cfg.jioc in ("both", "ic")
+        use_oc = cfg.jioc in ("both", "oc")
+        logits = ctx.net(batch.x).float()
+        if ctx.num_old == 0:
+            if use_ic:
+                ic = L.input_coordination_ce(logits, batch.y, detach_weight=cfg.jioc_detach, normalize=cfg.jioc_normalize)
+                return ic, {"ic": float(ic)}
+            ce = F.cross_entropy(logits, batch.y)
+            return ce, {"ce": float(ce)}
+        teacher = ctx.teacher_logits(batch.x).float()
+        loss = L.jioc_loss(
+            logits, batch.y, teacher, ctx.old_boundaries, batch.is_memory,
+            gamma1=cfg.jioc_gamma1, gamma2=cfg.jioc_gamma2, T=cfg.kd_temperature, use_ic=use_ic, use_oc=use_oc,
+            detach_weight=cfg.jioc_detach, normalize=cfg.jioc_normalize, squared=cfg.jioc_squared,
+        )
+        return loss, {"jioc": float(loss)}

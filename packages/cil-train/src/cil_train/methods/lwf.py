@@ -1,0 +1,29 @@
+"""LwF for class-incremental learning (Li & Hoiem, ECCV 2016; exemplar-free).
+
+``L = CE(z[:, S_t], y − C_old) + λ·KD_T(z[:, :C_old], ẑ)`` with ``T = 2``, ``λ = 3`` (``--lwf-lambda``):
+the classification term uses the new classes' logits only, as in PyCIL's LwF; evaluation is over all
+seen classes.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+import cil_losses as L
+
+from .base import Batch, Recipe, register
+
+
+@register
+class LwF(Recipe):
+    name = "lwf"
+    summary = "exemplar-free: CE on the new classes + λ·KD on the old ones (Li & Hoiem 2016)"
+    memory = "none"
+
+    def loss(self, ctx, batch: Batch):
+        logits = ctx.net(batch.x).float()
+        ce = F.cross_entropy(logits[:, ctx.num_old :], batch.y - ctx.num_old)
+        if ctx.num_old == 0:
+            return ce, {"ce": float(ce)}
+        kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.cfg.kd_temperature)
+        return ce + self.cfg.lwf_lambda * kd, {"ce": float(ce), "kd": float(kd)}

@@ -1,0 +1,43 @@
+"""WA: weight aligning (Zhao et al. CVPR 2020; METHODS.md §5).
+
+``L = (1 − λ)·CE + λ·KD_T(z[:, :C_old], ẑ)``, ``λ = C_old / C``, ``T = 2`` (T² factor with
+``--wa-t-squared``). After each incremental phase the new rows of the classifier are scaled by
+``γ = mean_old ‖W_c‖_p / mean_new ‖W_c‖_p`` (``--wa-p``, clamp γ ≤ 1 with ``--wa-clamp``); optionally
+the FC weights are clipped to ≥ 0 after every step (``--wa-clip``, the authors' code).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+import cil_losses as L
+from cil_models import clip_nonnegative_, weight_align
+
+from .base import Batch, Recipe, register
+
+
+@register
+class WeightAligning(Recipe):
+    name = "wa"
+    summary = "(1−λ)·CE + λ·KD, then scale new FC rows to the old rows' mean norm (Zhao et al. 2020)"
+    memory = "optional"
+
+    def loss(self, ctx, batch: Batch):
+        logits = ctx.net(batch.x).float()
+        ce = F.cross_entropy(logits, batch.y)
+        if ctx.num_old == 0:
+            return ce, {"ce": float(ce)}
+        kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.cfg.kd_temperature,
+                       t_squared=self.cfg.wa_t_squared)
+        lam = ctx.num_old / ctx.num_seen
+        return (1.0 - lam) * ce + lam * kd, {"ce": float(ce), "kd": float(kd)}
+
+    def after_step(self, ctx) -> None:
+        if self.cfg.wa_clip:
+            clip_nonnegative_(ctx.model.head)
+
+    def end_phase(self, ctx) -> dict[str, float]:
+        if ctx.num_old == 0:
+            return {}
+        gamma = weight_align(ctx.model.head, ctx.num_old, p=self.cfg.wa_p, clamp=self.cfg.wa_clamp)
+        return {"wa_gamma": float(gamma)}
