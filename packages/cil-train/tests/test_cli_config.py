@@ -1,0 +1,124 @@
+"""Options, presets and the one-paragraph errors of bad configurations (exit code 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cil_train import RunConfig
+from cil_train.cli import build_parser, config_from_args, main
+from cil_train.config import config_fields, option_name
+from cil_train.errors import ConfigError
+from cil_train.methods import METHODS
+from cil_train.presets import PRESETS
+
+
+def cfg_of(*argv: str) -> RunConfig:
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_help_lists_every_method_preset_and_option_with_default(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for name in METHODS:
+        assert f"  {name} " in text
+    for name in PRESETS:
+        assert name in text
+    for f in config_fields():
+        assert option_name(f.name) in text
+    assert "(default: dgr)" in text and "(default: 0.1)" in text
+
+
+def test_expected_methods_are_registered():
+    assert set(METHODS) == {"finetune", "il-baseline", "bsce", "bsce-meta", "bsce-relaxed", "lwf", "icarl",
+                            "icarl-jioc", "wa", "ssil", "dgr"}
+
+
+def test_defaults_are_the_embedded_long_tailed_dgr_run():
+    cfg = cfg_of()
+    assert (cfg.method, cfg.data, cfg.imbalance, cfg.phases, cfg.memory_per_class) == ("dgr", "embedded", 10.0, 5, 20)
+
+
+def test_preset_then_explicit_options_win():
+    cfg = cfg_of("--preset", "cifar100-lt-lfh5", "--data-root", "/x", "--epochs", "3")
+    assert cfg.base_classes == 50 and cfg.phases == 6 and cfg.imbalance == 100.0 and cfg.lr_steps == (80, 120)
+    assert cfg.epochs == 3
+
+
+def test_memory_total_replaces_per_class_and_exemplar_free_methods_drop_memory():
+    assert cfg_of("--memory-total", "500").memory_per_class is None
+    cfg = cfg_of("--preset", "cifar10-lt-m1000", "--data-root", "/x", "--memory-per-class", "10")
+    assert cfg.memory_total is None and cfg.memory_per_class == 10
+    assert cfg_of("--method", "lwf").memory_per_class == 0
+
+
+def test_every_preset_is_a_valid_configuration():
+    for name in PRESETS:
+        cfg = cfg_of("--preset", name, "--data-root", "/x")
+        assert cfg.preset == name
+
+
+def test_config_json_round_trip():
+    cfg = cfg_of("--order", "3,1,2,0", "--increments", "2,2", "--lr-steps", "5,8", "--epochs", "10")
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--method", "nope"], ["--method", "dgr", "ssil"]),
+        (["--imbalance", "0.5"], ["--imbalance", "0.5", "≥ 1"]),
+        (["--method", "ssil", "--memory-per-class", "0"], ["ssil", "--memory-per-class"]),
+        (["--method", "lwf", "--memory-per-class", "20"], ["lwf", "exemplar-free", "--memory-per-class"]),
+        (["--memory-per-class", "5", "--memory-total", "50"], ["--memory-per-class", "--memory-total"]),
+        (["--data", "cifar100"], ["--data-root"]),
+        (["--profile", "linear"], ["--profile", "exp", "step"]),
+        (["--lr-schedule", "step"], ["--lr-steps"]),
+        (["--epochs", "0"], ["--epochs"]),
+        (["--order", "sideways"], ["--order", "seed1993", "tail-first"]),
+        (["--preset", "cifar100-lt-lfs10"], ["--data-root"]),
+    ],
+)
+def test_bad_configurations_exit_2_naming_the_option(capsys, argv, names):
+    code, err = run_main(capsys, *argv, "--out", "/nonexistent/never-written")
+    assert code == 2, err
+    assert err.startswith("cil-train: error:")
+    for name in names:
+        assert name in err, (name, err)
+    assert "Traceback" not in err
+
+
+def test_unknown_preset_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--preset", "cifar1000"])
+    assert exc.value.code == 2
+    assert "--preset" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_options(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps(RunConfig(out=str(tmp_path)).to_dict()))
+    code, err = run_main(capsys, "--resume", str(tmp_path), "--epochs", "3")
+    assert code == 2 and "--epochs" in err
+    cfg = cfg_of("--resume", str(tmp_path), "--threads", "1")
+    assert cfg.resume == str(tmp_path) and cfg.threads == 1
+
+
+def test_resume_of_a_folder_without_a_run(tmp_path, capsys):
+    code, err = run_main(capsys, "--resume", str(tmp_path / "missing"))
+    assert code == 2 and "config.json" in err
+
+
+def test_validators_name_the_field_directly():
+    with pytest.raises(ConfigError, match="--batch-size"):
+        RunConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="--channels-last"):
+        RunConfig(channels_last="yes")
