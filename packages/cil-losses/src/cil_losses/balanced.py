@@ -1,0 +1,190 @@
+"""Logit-adjusted cross-entropy and the Balanced Softmax family (Jodelet et al., ICANN 2021 / CVIU 2022).
+
+BalancedS-CE: ``q_k = λ_k e^{z_k} / Σ_j λ_j e^{z_j}``, loss ``-log q_y``, i.e. ``CE(z + log λ, y)``
+(METHODS.md §1). At test time the raw logits are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks
+from .errors import LossArgumentError, LossTypeError
+
+__all__ = [
+    "DEFAULT_MIN_LAMBDA",
+    "balanced_softmax_cross_entropy",
+    "balanced_softmax_offsets",
+    "logit_adjusted_cross_entropy",
+    "relaxed_eps_default",
+]
+
+#: Floor applied to λ before the log: a class with λ = 0 (no sample, or Relaxed ε = 0) gets the offset
+#: ``log(1e-12) ≈ -27.6``, i.e. about 1e-12 of the mass of a class with one sample, instead of ``-inf``.
+DEFAULT_MIN_LAMBDA = 1e-12
+
+Counts = Sequence[float] | torch.Tensor
+
+
+def logit_adjusted_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    offsets: torch.Tensor,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy on shifted logits: ``CE(z + o, y)`` (logit adjustment, Menon et al. 2021).
+
+    Args:
+        logits: ``[B, C]``.
+        targets: ``[B]`` class indices.
+        offsets: ``[C]`` (one per class) or ``[B, C]``; gradients flow into ``offsets`` if it requires them.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+
+    Returns a float32 loss for half/bfloat16 logits (computed in float32).
+    """
+    logits = _checks.logits_2d("logits", logits)
+    targets = _checks.targets_1d("targets", targets, logits.shape[0])
+    how = _checks.reduction(reduction)
+    if not isinstance(offsets, torch.Tensor):
+        raise LossTypeError(f"offsets must be a torch.Tensor of shape [C] or [B, C], got {type(offsets).__name__}")
+    if offsets.shape not in ((logits.shape[1],), tuple(logits.shape)):
+        raise LossArgumentError(
+            f"offsets must have shape [{logits.shape[1]}] or {list(logits.shape)}, got {list(offsets.shape)}"
+        )
+    z = _checks.upcast(logits)
+    return F.cross_entropy(z + offsets.to(z.dtype), targets, reduction=how)
+
+
+def _counts_tensor(class_counts: Counts, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
+    if isinstance(class_counts, torch.Tensor):
+        if class_counts.is_complex() or class_counts.dtype == torch.bool:
+            raise LossTypeError(f"class_counts must hold real numbers, got dtype {class_counts.dtype}")
+        counts = class_counts.to(dtype=dtype, device=device if device is not None else class_counts.device)
+    elif isinstance(class_counts, Sequence) and not isinstance(class_counts, (str, bytes)):
+        try:
+            counts = torch.tensor([float(c) for c in class_counts], dtype=dtype, device=device)
+        except (TypeError, ValueError) as err:
+            raise LossTypeError(f"class_counts must be numbers, got {class_counts!r}") from err
+    else:
+        raise LossTypeError(
+            f"class_counts must be a 1-D tensor or a sequence of numbers, got {type(class_counts).__name__}"
+        )
+    if counts.dim() != 1 or counts.shape[0] < 1:
+        raise LossArgumentError(f"class_counts must be a non-empty 1-D tensor (one count per class), got shape "
+                                f"{tuple(counts.shape)}")
+    if bool(((counts < 0) | ~torch.isfinite(counts)).any()):
+        raise LossArgumentError(f"class_counts must be finite and >= 0, got {counts.tolist()}")
+    return counts
+
+
+def balanced_softmax_offsets(
+    class_counts: Counts,
+    num_old: int = 0,
+    alpha: float | torch.Tensor = 1.0,
+    eps: float | None = None,
+    *,
+    min_lambda: float = DEFAULT_MIN_LAMBDA,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Offsets ``log λ_c`` of BalancedS-CE and its variants (METHODS.md §1).
+
+    * BalancedS-CE: ``λ_c = n_c``.
+    * old-class weight: ``λ_c = α·n_c`` for old classes (``c < num_old``), ``n_c`` for new ones.
+    * Relaxed BalancedS-CE (``eps`` given): ``λ_c = ε`` for old classes, ``n_c`` for new ones
+      (ε = 0 is BalancedS-CE without memory).
+
+    ``λ`` is floored at ``min_lambda`` before the log (a zero count or ε = 0 gives a class almost no
+    probability mass, ``≈ 1e-12`` of a one-sample class, and never ``-inf``/NaN).
+
+    Args:
+        class_counts: ``n_c`` for every seen class, ``[C]`` (counts available in the current phase).
+        num_old: number of old classes (the first ``num_old`` entries).
+        alpha: old-class weight ≥ 0; a tensor keeps its autograd graph (Meta BalancedS-CE learns it).
+        eps: Relaxed ε ≥ 0 for old classes; cannot be combined with ``alpha != 1``.
+        min_lambda: floor of ``λ`` (> 0).
+        dtype: output dtype (default: float64 for float64 counts, else float32).
+        device: output device (default: that of ``class_counts``, or CPU for sequences).
+
+    Returns:
+        ``[C]`` float tensor of offsets ``log λ_c`` (unnormalised; CE is invariant to a shared shift).
+    """
+    if dtype is None:
+        dtype = torch.float64 if isinstance(class_counts, torch.Tensor) and class_counts.dtype == torch.float64 \
+            else torch.float32
+    counts = _counts_tensor(class_counts, dtype, None if device is None else torch.device(device))
+    num_classes = counts.shape[0]
+    num_old = _checks.class_count("num_old", num_old, num_classes)
+    min_lambda = _checks.temperature("min_lambda", min_lambda)
+    if eps is not None:
+        eps = _checks.non_negative_float("eps", eps)
+        if isinstance(alpha, torch.Tensor) or float(alpha) != 1.0:
+            raise LossArgumentError(
+                f"alpha and eps cannot be combined: Relaxed BalancedS-CE (eps={eps}) sets λ = eps for old classes; "
+                f"leave alpha at 1.0 (got {alpha!r})"
+            )
+    elif isinstance(alpha, torch.Tensor):
+        if alpha.numel() != 1 or not alpha.is_floating_point():
+            raise LossTypeError(f"alpha must be a number or a one-element float tensor, got {alpha.dtype} tensor "
+                                f"of shape {tuple(alpha.shape)}")
+    else:
+        alpha = _checks.non_negative_float("alpha", alpha)
+    if num_old == 0:
+        lam = counts
+    elif eps is not None:
+        lam = torch.cat([counts.new_full((num_old,), eps), counts[num_old:]])
+    elif isinstance(alpha, torch.Tensor):
+        lam = torch.cat([counts[:num_old] * alpha.to(device=counts.device, dtype=dtype).reshape(()), counts[num_old:]])
+    elif alpha == 1.0:
+        lam = counts
+    else:
+        lam = torch.cat([counts[:num_old] * alpha, counts[num_old:]])
+    return lam.clamp_min(min_lambda).log()
+
+
+def balanced_softmax_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_counts: Counts,
+    num_old: int = 0,
+    alpha: float | torch.Tensor = 1.0,
+    eps: float | None = None,
+    reduction: str = "mean",
+    *,
+    min_lambda: float = DEFAULT_MIN_LAMBDA,
+) -> torch.Tensor:
+    """Balanced Softmax cross-entropy (Jodelet et al., ICANN 2021 / CVIU 2022; METHODS.md §1).
+
+    ``L = -log( λ_y e^{z_y} / Σ_j λ_j e^{z_j} ) = CE(z + log λ, y)`` with ``λ`` from
+    :func:`balanced_softmax_offsets` (counts ``n_c``, old-class weight ``α``, Relaxed ``ε``).
+    Plain differentiable operations (twice differentiable; ``alpha`` may be a tensor with grad).
+
+    Args:
+        logits: ``[B, C]``.
+        targets: ``[B]`` class indices.
+        class_counts: ``[C]`` training samples per class available in this phase.
+        num_old, alpha, eps: see :func:`balanced_softmax_offsets`.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+    """
+    logits = _checks.logits_2d("logits", logits)
+    offsets = balanced_softmax_offsets(
+        class_counts, num_old, alpha, eps, min_lambda=min_lambda,
+        dtype=_checks.compute_dtype(logits), device=logits.device,
+    )
+    if offsets.shape[0] != logits.shape[1]:
+        raise LossArgumentError(
+            f"class_counts must have one entry per logit column ({logits.shape[1]}), got {offsets.shape[0]}"
+        )
+    return logit_adjusted_cross_entropy(logits, targets, offsets, reduction)
+
+
+def relaxed_eps_default(mean_class_count: float) -> float:
+    """Default ε of Relaxed BalancedS-CE: 0.2 % of the mean per-class training count of the dataset.
+
+    ≈ 1 on CIFAR-100 (500 images per class), 2.6 on ImageNet-Subset (1300) — CVIU 2022, §4.3.3.
+    """
+    mean_class_count = _checks.non_negative_float("mean_class_count", mean_class_count)
+    return 0.002 * mean_class_count

@@ -1,0 +1,191 @@
+"""Knowledge distillation: over one class set, and task-wise over old task slices.
+
+Notation of METHODS.md: student logits ``a``, teacher logits ``b``, temperature ``T``,
+``KD_T(a, b) = -(1/B) Σ_i Σ_c softmax(b_i/T)_c · log softmax(a_i/T)_c``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from . import _checks
+from .errors import LossArgumentError
+from .segments import Boundaries, SegmentPlan, plan_for
+
+__all__ = ["kd_loss", "output_coordination_kd", "segmented_kd", "task_wise_kd"]
+
+
+def _pair(student: object, teacher: object) -> tuple[torch.Tensor, torch.Tensor]:
+    student = _checks.logits_2d("student_logits", student)
+    teacher = _checks.logits_2d("teacher_logits", teacher)
+    _checks.same_batch("student_logits", student, "teacher_logits", teacher)
+    return student, teacher
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    T: float = 2.0,
+    *,
+    t_squared: bool = False,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Distillation with temperature (Hinton et al. 2015) as cross-entropy with soft targets.
+
+    ``KD_T(a, b) = -(1/B) Σ_i Σ_c softmax(b_i/T)_c · log softmax(a_i/T)_c``, times ``T²`` when
+    ``t_squared``. This is ``KL(softmax(b/T) ‖ softmax(a/T))`` plus the teacher's entropy, a constant
+    for the student: same gradients, different value.
+
+    The caller picks the class subset by slicing columns (e.g. ``student[:, :C_old]``); both tensors
+    must have the same shape. Plain differentiable tensor operations (twice differentiable, as the
+    look-ahead of Meta BalancedS-CE needs). Computed in float32 for half/bfloat16 inputs.
+
+    Args:
+        student_logits, teacher_logits: ``[B, K]``.
+        T: temperature > 0.
+        t_squared: multiply by ``T²`` (keeps gradient magnitudes comparable across temperatures).
+        reduction: ``"mean"`` over the batch (default), ``"sum"`` or ``"none"`` (``[B]``).
+    """
+    student_logits, teacher_logits = _pair(student_logits, teacher_logits)
+    if student_logits.shape != teacher_logits.shape:
+        raise LossArgumentError(
+            f"student_logits and teacher_logits must have the same shape (slice the student's columns), "
+            f"got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+    T = _checks.temperature("T", T)
+    how = _checks.reduction(reduction)
+    log_p_student = F.log_softmax(_checks.upcast(student_logits) / T, dim=1)
+    p_teacher = F.softmax(_checks.upcast(teacher_logits).to(log_p_student.dtype) / T, dim=1)
+    per_sample = -(p_teacher * log_p_student).sum(dim=1)
+    if t_squared:
+        per_sample = per_sample * (T * T)
+    return _checks.reduce(per_sample, how)
+
+
+class SegmentedKDFunction(torch.autograd.Function):
+    """Per-sample distillation summed over task slices, fused (constant launches for any #slices).
+
+    ``out_i = scale · Σ_s Σ_{c ∈ S_s} p̂_ic · (h_ic − log p_ic)`` with ``p = softmax_seg(z/T)``,
+    ``p̂ = softmax_seg(ẑ/T)``, ``h = log p̂`` (KL, ``kl=True``) or ``0`` (soft-target CE).
+
+    Gradients: ``∂/∂z = (scale/T)·(p − p̂)`` (each slice of ``p̂`` sums to 1), and for the teacher
+    ``∂/∂ẑ = (scale/T)·p̂·(u − segsum(p̂·u))`` with ``u = h − log p``.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, plan: SegmentPlan, T: float, scale: float, kl: bool):  # type: ignore[override]
+        dtype = torch.promote_types(_checks.compute_dtype(student), _checks.compute_dtype(teacher))
+        log_p = plan.log_softmax(student.to(dtype) / T)
+        log_q = plan.log_softmax(teacher.to(dtype) / T)
+        q = log_q.exp()
+        per_sample = (q * ((log_q - log_p) if kl else -log_p)).sum(dim=1) * scale
+        ctx.save_for_backward(log_p, log_q)
+        ctx.plan, ctx.T, ctx.scale, ctx.kl = plan, T, scale, kl
+        return per_sample
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        log_p, log_q = ctx.saved_tensors
+        coef = (grad_out.to(log_p.dtype) * (ctx.scale / ctx.T)).unsqueeze(1)
+        q = log_q.exp()
+        grad_student = grad_teacher = None
+        if ctx.needs_input_grad[0]:
+            grad_student = coef * (log_p.exp() - q)
+        if ctx.needs_input_grad[1]:
+            u = (log_q - log_p) if ctx.kl else -log_p
+            qu = q * u
+            grad_teacher = coef * (qu - q * ctx.plan.segment_sum(qu))
+        return grad_student, grad_teacher, None, None, None, None
+
+
+def segmented_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    boundaries: Boundaries,
+    T: float = 2.0,
+    *,
+    kl: bool = True,
+    t_squared: bool = True,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Distillation summed over task slices: ``Σ_s D(softmax(ẑ[S_s]/T), softmax(z[S_s]/T))``.
+
+    ``D`` is the KL divergence (``kl=True``) or the soft-target cross-entropy (``kl=False``, the
+    ``KD_T`` of METHODS.md); both have the same gradient for the student. Only the columns
+    ``[0, boundaries[-1])`` of both tensors are used; extra columns (e.g. the student's new classes)
+    are ignored. ``boundaries == [0]`` (no old task) gives a zero loss that is still attached to
+    the graph.
+
+    A fused custom autograd Function: forward and backward take a number of kernel launches that does
+    not depend on the number of slices.
+
+    Args:
+        student_logits: ``[B, ≥ boundaries[-1]]``.
+        teacher_logits: ``[B, ≥ boundaries[-1]]``.
+        boundaries: ``[0, b_1, ..., b_S]``.
+        T: temperature > 0.
+        kl: KL divergence (default) or soft-target cross-entropy.
+        t_squared: multiply by ``T²``.
+        reduction: ``"mean"`` over samples (default), ``"sum"`` or ``"none"``.
+    """
+    student_logits, teacher_logits = _pair(student_logits, teacher_logits)
+    T = _checks.temperature("T", T)
+    how = _checks.reduction(reduction)
+    plan = plan_for(boundaries)
+    if plan is None:
+        zero = student_logits[:, :0].sum(dim=1)
+        return _checks.reduce(zero.to(_checks.compute_dtype(student_logits)), how)
+    for name, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        if t.shape[1] < plan.num_columns:
+            raise LossArgumentError(
+                f"{name} has {t.shape[1]} columns but boundaries end at {plan.num_columns}; "
+                f"it needs at least boundaries[-1] columns"
+            )
+    student = student_logits[:, : plan.num_columns]
+    teacher = teacher_logits[:, : plan.num_columns]
+    scale = T * T if t_squared else 1.0
+    per_sample = SegmentedKDFunction.apply(student, teacher, plan, T, scale, bool(kl))
+    return _checks.reduce(per_sample, how)
+
+
+def task_wise_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    boundaries: Boundaries,
+    T: float = 2.0,
+    *,
+    t_squared: bool = True,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Task-wise KD of SS-IL (Ahn et al., ICCV 2021; METHODS.md §2).
+
+    ``L_TKD = (1/B) Σ_i Σ_{s<t} T²·KL(softmax(ẑ_i[S_s]/T) ‖ softmax(z_i[S_s]/T))``: one softmax per old
+    task, averaged over all samples (new and replayed), summed over tasks. ``boundaries`` are the
+    old tasks' slices ``[0, ..., C_old]``; student columns past ``C_old`` are ignored. Fused (see
+    :func:`segmented_kd`).
+    """
+    return segmented_kd(student_logits, teacher_logits, boundaries, T, kl=True, t_squared=t_squared,
+                        reduction=reduction)
+
+
+def output_coordination_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    boundaries: Boundaries,
+    T: float = 2.0,
+    *,
+    t_squared: bool = False,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Output coordination of JIOC (IJCAI 2024, eq. 8; METHODS.md §3).
+
+    ``L_OC = Σ_{s<t} KD_T(z[:, S_s], ẑ[:, S_s])``: soft-target cross-entropy per old task (one softmax
+    per task), over every sample of the batch, summed over tasks; no ``T²`` by default.
+    ``boundaries`` are the old tasks' slices; student columns past ``C_old`` are ignored. Fused
+    (see :func:`segmented_kd`).
+    """
+    return segmented_kd(student_logits, teacher_logits, boundaries, T, kl=False, t_squared=t_squared,
+                        reduction=reduction)

@@ -1,0 +1,286 @@
+"""Gradient reweighting of the classifier (GR / DGR, He CVPR 2024; METHODS.md §4): the stateful part.
+
+:class:`GradientReweighter` is a classifier layer ``z = h·Wᵀ + b`` whose backward reweights the
+gradients of the FC rows, vectorised (no loop over classes or tasks):
+
+* the features ``h`` (the backbone) get the ordinary gradient of ``L_CE + L_KD``;
+* FC row ``c`` and bias ``c`` get ``w_c·∇L_CE + β·∇L_KD`` for an old class, ``w_c·∇L_CE`` for a new one;
+  phase 0: ``α_c·∇L_CE``;
+* ``Φ_c += ‖∂L_CE/∂W_c‖₂`` (bias excluded) every step, before the ratios are computed (authors' order).
+
+The layer returns the logits twice, ``(z_ce, z_kd)``; the caller builds ``L_CE`` from ``z_ce`` only
+and the weighted distillation ``λ_KD·T²·L_DAKD`` from ``z_kd[:, :num_old]`` only, adds them and calls
+``backward()`` once. Because the two streams arrive separately in the backward, the row gradients
+``G_CEᵀh`` and ``G_KDᵀh`` come from two matrix products and no second backward pass is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from . import _checks
+from .dgr import dgr_attenuation_gamma, dgr_class_weights, dgr_loss_balance
+from .errors import LossArgumentError, LossTypeError, PhaseStateError
+
+__all__ = ["GradientReweighter", "reweighted_linear"]
+
+
+def _backward(ctx, grad_ce: torch.Tensor | None, grad_kd: torch.Tensor | None):
+    features, weight = ctx.saved_tensors
+    module: GradientReweighter = ctx.module
+    num_old = module.num_old
+    dtype = _checks.compute_dtype(weight)
+    if grad_ce is None:
+        grad_ce = torch.zeros(features.shape[0], weight.shape[0], dtype=dtype, device=features.device)
+    grad_total = grad_ce if grad_kd is None else grad_ce + grad_kd
+
+    grad_features = grad_total.mm(weight) if ctx.needs_input_grad[0] else None
+
+    ce_rows = grad_ce.t().mm(features).to(dtype)                     # ∂L_CE/∂W, [C, D]
+    ce_bias = grad_ce.sum(dim=0).to(dtype)                           # ∂L_CE/∂b, [C]
+    ce_norms = torch.linalg.vector_norm(ce_rows, dim=1)              # g_c
+    module.phi.add_(ce_norms.to(module.phi.dtype))                   # Φ_c += g_c (before the ratios)
+    weights = dgr_class_weights(
+        module.phi, num_old, module.gamma, decoupled=module.decoupled,
+        class_balance=module.class_balance, task_balance=module.task_balance,
+    ).to(dtype)
+    grad_weight = ce_rows * weights.unsqueeze(1)
+    grad_bias = ce_bias * weights
+    beta = kd_norms = None
+    if num_old > 0:
+        if grad_kd is not None:
+            kd_logits = grad_kd[:, :num_old]
+            kd_rows = kd_logits.t().mm(features).to(dtype)               # ∂L_KD/∂W_old, [C_old, D]
+            kd_bias = kd_logits.sum(dim=0).to(dtype)
+            kd_norms = torch.linalg.vector_norm(kd_rows, dim=1)
+        else:
+            kd_rows = kd_bias = None
+            kd_norms = ce_norms.new_zeros(num_old)
+        if module.loss_balance:
+            beta = dgr_loss_balance(weights, ce_norms, kd_norms)
+        else:
+            beta = torch.ones((), dtype=dtype, device=ce_norms.device)
+        if kd_rows is not None:
+            grad_weight[:num_old].add_(kd_rows * beta)
+            grad_bias[:num_old].add_(kd_bias * beta)
+    module._record(weights, beta, ce_norms, kd_norms)
+    return (
+        grad_features,
+        grad_weight if ctx.needs_input_grad[1] else None,
+        grad_bias if ctx.has_bias and ctx.needs_input_grad[2] else None,
+        None,
+    )
+
+
+def _forward(ctx, features, weight, bias, module):
+    logits = F.linear(features, weight, bias)
+    ctx.save_for_backward(features, weight)
+    ctx.module = module
+    ctx.has_bias = bias is not None
+    ctx.set_materialize_grads(False)
+    return logits, logits.clone()
+
+
+_FUNCTIONS: dict[str, type[torch.autograd.Function]] = {}
+
+
+def _function_for(device_type: str) -> type[torch.autograd.Function]:
+    """The reweighted-linear Function for one device type, with ``torch.amp.custom_fwd/custom_bwd``
+    bound to that device type (the backward runs under the forward's autocast state)."""
+    fn = _FUNCTIONS.get(device_type)
+    if fn is not None:
+        return fn
+    if torch.amp.is_autocast_available(device_type):
+        fwd = torch.amp.custom_fwd(_forward, device_type=device_type)
+        bwd = torch.amp.custom_bwd(once_differentiable(_backward), device_type=device_type)
+    else:  # a device type without autocast (e.g. "meta"): nothing to carry over
+        fwd, bwd = _forward, once_differentiable(_backward)
+    fn = type(
+        f"ReweightedLinear_{device_type}",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(fwd), "backward": staticmethod(bwd), "__doc__": __doc__},
+    )
+    _FUNCTIONS[device_type] = fn
+    return fn
+
+
+class GradientReweighter(torch.nn.Module):
+    """Accumulated-gradient tracker and reweighted classifier layer of GR / DGR (He, CVPR 2024).
+
+    Per phase: ``start_phase(num_classes, num_old, n_seen, n_new)`` resets ``Φ ← 0``; each step
+    ``z_ce, z_kd = reweighter(features, weight, bias)``; ``(L_CE(z_ce) + λ_KD·T²·L_DAKD(z_kd[:, :num_old])).backward()``.
+
+    The backward (METHODS.md §4, authors' order of operations):
+
+    1. ``g_c = ‖∂L_CE/∂W_c‖₂`` for every class, ``Φ_c += g_c``;
+    2. class balance ``α_c = min_{j∈G(c)} Φ_j / Φ_c`` (all classes in phase 0 or with
+       ``decoupled=False``; old/new groups otherwise);
+    3. task balance ``ρ = mean_new Φ / mean_old Φ``, ``r_old = min(1, ρ)``, ``r_new = min(1, ργ)``,
+       ``γ = exp(−η·N_seen/(N_seen+N_new))``; ``w_c = α_c·r_{group(c)}``;
+    4. loss balance ``β = ‖(w_c g_c)_c‖ / ‖(g_c^KD)_{c old}‖``;
+    5. FC row/bias gradient ``w_c·∇L_CE + β·∇L_KD`` (old), ``w_c·∇L_CE`` (new); phase 0 ``α_c·∇L_CE``.
+       The features get the ordinary gradient of ``L_CE + L_KD``.
+
+    ``weight``/``bias`` may be any tensors, e.g. ``torch.cat`` of per-task parameter blocks; the
+    gradients flow back through the concatenation. Weight decay added by the optimiser is not
+    reweighted. Works under ``torch.autocast`` (the backward runs under the forward's autocast state).
+
+    Notes:
+        * ``Φ`` is updated in the backward: one ``backward()`` per optimisation step (as in the authors'
+          code). Gradient accumulation over micro-batches reweights each micro-batch on its own.
+        * Everything stays on the device: no host synchronisation. ``last_weights`` / ``last_beta``
+          (tensors) expose the last step's ``w`` and ``β`` (``None`` in phase 0) for logging.
+
+    Args:
+        decoupled: DGR (old and new classes form separate class-balance groups) vs. GR.
+        eta: ``η`` of the attenuation ``γ``.
+        class_balance, task_balance, loss_balance: ablation switches (off: the factor is 1).
+        phi_dtype: dtype of the accumulator ``Φ`` (float64 by default, as the authors' numpy code).
+    """
+
+    phi: torch.Tensor
+
+    def __init__(
+        self,
+        *,
+        decoupled: bool = True,
+        eta: float = 1.0,
+        class_balance: bool = True,
+        task_balance: bool = True,
+        loss_balance: bool = True,
+        phi_dtype: torch.dtype = torch.float64,
+    ) -> None:
+        super().__init__()
+        if not isinstance(phi_dtype, torch.dtype) or not phi_dtype.is_floating_point:
+            raise LossTypeError(f"phi_dtype must be a floating torch.dtype, got {phi_dtype!r}")
+        self.decoupled = bool(decoupled)
+        self.eta = _checks.non_negative_float("eta", eta)
+        self.class_balance = bool(class_balance)
+        self.task_balance = bool(task_balance)
+        self.loss_balance = bool(loss_balance)
+        self.register_buffer("phi", torch.zeros(0, dtype=phi_dtype))
+        self.num_classes = 0
+        self.num_old = 0
+        self.n_seen = 0.0
+        self.n_new = 0.0
+        self.gamma = 1.0
+        self.last_weights: torch.Tensor | None = None
+        self.last_beta: torch.Tensor | None = None
+        self.last_ce_norms: torch.Tensor | None = None
+        self.last_kd_norms: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ phase context
+    def start_phase(self, num_classes: int, num_old: int, n_seen: float, n_new: float) -> None:
+        """Start a phase: ``Φ ← 0`` for ``num_classes`` classes, the first ``num_old`` of them old.
+
+        Args:
+            num_classes: classes seen so far (rows of the classifier), ≥ 1.
+            num_old: old classes, ``0`` in the base phase, else ``1 ≤ num_old < num_classes``.
+            n_seen: ``N_seen``, original training count of all old classes (0 in phase 0).
+            n_new: ``N_new``, training count of the new data.
+        """
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise LossArgumentError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        num_old = _checks.class_count("num_old", num_old, num_classes - 1)
+        n_seen = _checks.non_negative_float("n_seen", n_seen)
+        n_new = _checks.non_negative_float("n_new", n_new)
+        self.gamma = dgr_attenuation_gamma(n_seen, n_new, self.eta) if num_old > 0 else 1.0
+        self.num_classes, self.num_old, self.n_seen, self.n_new = num_classes, num_old, n_seen, n_new
+        self.phi = torch.zeros(num_classes, dtype=self.phi.dtype, device=self.phi.device)
+        self.last_weights = self.last_beta = self.last_ce_norms = self.last_kd_norms = None
+
+    def _record(self, weights, beta, ce_norms, kd_norms) -> None:
+        self.last_weights, self.last_beta = weights.detach(), None if beta is None else beta.detach()
+        self.last_ce_norms = ce_norms.detach()
+        self.last_kd_norms = None if kd_norms is None else kd_norms.detach()
+
+    # ------------------------------------------------------------------ the layer
+    def forward(
+        self, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_ce, z_kd)``, both equal to ``features @ weight.T + bias`` (computed once).
+
+        Args:
+            features: ``[B, D]`` penultimate features.
+            weight: ``[C, D]`` classifier weight (``C`` = ``num_classes`` of the phase).
+            bias: ``[C]`` or ``None``.
+        """
+        if self.num_classes == 0:
+            raise PhaseStateError("GradientReweighter.start_phase(num_classes, num_old, n_seen, n_new) must be "
+                                  "called before the first forward of a phase")
+        features = _checks.logits_2d("features", features)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise LossTypeError(f"weight must be a [C, D] tensor, got {getattr(weight, 'shape', type(weight))}")
+        if weight.shape != (self.num_classes, features.shape[1]):
+            raise LossArgumentError(
+                f"weight must have shape [{self.num_classes}, {features.shape[1]}] (num_classes of the phase, "
+                f"feature size), got {list(weight.shape)}"
+            )
+        if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (self.num_classes,)):
+            raise LossArgumentError(f"bias must be None or have shape [{self.num_classes}], "
+                                    f"got {getattr(bias, 'shape', type(bias))}")
+        if self.phi.device != features.device:
+            self.phi = self.phi.to(features.device)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (features, weight, bias)
+        )
+        if not needs_grad:
+            logits = F.linear(features, weight, bias)
+            return logits, logits
+        return _function_for(features.device.type).apply(features, weight, bias, self)
+
+    # ------------------------------------------------------------------ derived quantities
+    def class_weights(self) -> torch.Tensor:
+        """``w_c`` from the current ``Φ`` (what the next backward would use before adding its own ``g``)."""
+        return dgr_class_weights(
+            self.phi, self.num_old, self.gamma, decoupled=self.decoupled,
+            class_balance=self.class_balance, task_balance=self.task_balance,
+        )
+
+    def log_prior_offsets(self, *, min_fraction: float = 1e-12) -> torch.Tensor:
+        """Offsets of the regularised softmax with ``offsets="grad"``: ``o_c = log(Φ_c / Σ_j Φ_j)``.
+
+        Guard: at the phase start (``Φ = 0``) the prior is uniform, ``o_c = −log C``; a single
+        ``Φ_c = 0`` is floored at ``min_fraction``. Returned as float32 on ``Φ``'s device.
+        """
+        if self.num_classes == 0:
+            raise PhaseStateError("log_prior_offsets needs start_phase() first")
+        phi = self.phi.to(torch.float64)
+        total = phi.sum()
+        prior = torch.where(total > 0, phi / torch.where(total > 0, total, 1.0), 1.0 / self.num_classes)
+        return prior.clamp_min(min_fraction).log().to(torch.float32)
+
+    # ------------------------------------------------------------------ checkpointing
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "num_old": self.num_old, "n_seen": self.n_seen,
+                "n_new": self.n_new, "gamma": self.gamma}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.num_classes = int(state["num_classes"])
+        self.num_old = int(state["num_old"])
+        self.n_seen = float(state["n_seen"])
+        self.n_new = float(state["n_new"])
+        self.gamma = float(state["gamma"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        saved = state_dict.get(prefix + "phi")
+        if isinstance(saved, torch.Tensor) and saved.shape != self.phi.shape:
+            self.phi = torch.zeros(saved.shape, dtype=self.phi.dtype, device=self.phi.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (f"decoupled={self.decoupled}, eta={self.eta}, class_balance={self.class_balance}, "
+                f"task_balance={self.task_balance}, loss_balance={self.loss_balance}, "
+                f"num_classes={self.num_classes}, num_old={self.num_old}, gamma={self.gamma:.4g}")
+
+
+def reweighted_linear(
+    features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, reweighter: GradientReweighter
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Functional form of :meth:`GradientReweighter.forward`."""
+    return reweighter(features, weight, bias)
+
