@@ -1,0 +1,146 @@
+"""BalancedS-CE (α, Relaxed ε), its offsets, logit-adjusted CE."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cil_losses as L
+from cil_losses.errors import LossArgumentError, LossTypeError
+
+COUNTS = [20.0, 20.0, 3.0, 500.0, 120.0, 7.0, 1.0]
+
+
+def _targets(gen, batch, classes):
+    return torch.randint(0, classes, (batch,), generator=gen)
+
+
+@pytest.mark.parametrize(
+    "num_old, alpha, eps",
+    [(0, 1.0, None), (3, 1.0, None), (3, 0.25, None), (3, 1.0, 1.0), (3, 1.0, 0.0), (7, 0.5, None)],
+)
+def test_values_and_gradients_match_per_sample_formula(num_old, alpha, eps, gen, rand, ref, grad_of, close):
+    z = rand(gen, 6, len(COUNTS), grad=True)
+    y = _targets(gen, 6, len(COUNTS))
+    got = L.balanced_softmax_cross_entropy(z, y, COUNTS, num_old=num_old, alpha=alpha, eps=eps)
+    want = ref.balanced_softmax_ce(z, y, COUNTS, num_old, alpha, eps)
+    close(got, want)
+    close(grad_of(got, z)[0], grad_of(want, z)[0])
+
+
+def test_offsets_are_log_lambda():
+    off = L.balanced_softmax_offsets(COUNTS, num_old=2, alpha=0.5)
+    expected = torch.tensor([math.log(10.0), math.log(10.0)] + [math.log(c) for c in COUNTS[2:]])
+    torch.testing.assert_close(off, expected.float())
+    relaxed = L.balanced_softmax_offsets(COUNTS, num_old=3, eps=1.5)
+    torch.testing.assert_close(relaxed[:3], torch.full((3,), math.log(1.5)))
+    torch.testing.assert_close(relaxed[3:], torch.tensor([math.log(c) for c in COUNTS[3:]]))
+    assert off.dtype == torch.float32
+    assert L.balanced_softmax_offsets(torch.tensor(COUNTS, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_zero_count_gets_no_mass_and_no_nan(gen, rand):
+    counts = [10.0, 0.0, 5.0, 5.0]
+    off = L.balanced_softmax_offsets(counts)
+    assert torch.isfinite(off).all() and off[1] == pytest.approx(math.log(L.DEFAULT_MIN_LAMBDA))
+    z = rand(gen, 5, 4, grad=True)
+    y = torch.tensor([0, 2, 3, 0, 2])
+    loss = L.balanced_softmax_cross_entropy(z, y, counts)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    q = torch.softmax(z.detach() + off.double(), dim=1)
+    assert float(q[:, 1].max()) < 1e-9          # the class without samples gets ~no probability mass
+    assert z.grad[:, 1].abs().max() < 1e-9
+    # a (wrong) target in the empty class still gives a finite loss
+    assert torch.isfinite(L.balanced_softmax_cross_entropy(z, torch.tensor([1, 1, 1, 1, 1]), counts))
+
+
+def test_relaxed_eps_zero_equals_balanced_without_memory(gen, rand, close):
+    z, y = rand(gen, 4, 5), torch.tensor([2, 3, 4, 2])
+    counts = [0.0, 0.0, 30.0, 10.0, 5.0]
+    close(L.balanced_softmax_cross_entropy(z, y, [9, 9, 30, 10, 5], num_old=2, eps=0.0),
+          L.balanced_softmax_cross_entropy(z, y, counts))
+
+
+def test_alpha_one_is_plain_balanced(gen, rand, close):
+    z, y = rand(gen, 4, 7), _targets(gen, 4, 7)
+    close(L.balanced_softmax_cross_entropy(z, y, COUNTS, num_old=3, alpha=1.0),
+          F.cross_entropy(z + torch.tensor(COUNTS, dtype=torch.float64).log(), y))
+
+
+def test_alpha_tensor_is_differentiable_twice(gen, rand, ref, close):
+    """Meta BalancedS-CE differentiates through a look-ahead step: grad of grad w.r.t. α."""
+    z = rand(gen, 5, 7, grad=True)
+    y = _targets(gen, 5, 7)
+    alpha = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    got = L.balanced_softmax_cross_entropy(z, y, COUNTS, num_old=3, alpha=alpha)
+    want = ref.balanced_softmax_ce(z, y, COUNTS, 3, alpha)
+    close(got, want)
+    (g_got,) = torch.autograd.grad(got, z, create_graph=True)
+    (g_want,) = torch.autograd.grad(want, z, create_graph=True)
+    close(g_got, g_want)
+    close(torch.autograd.grad(g_got.square().sum(), alpha)[0], torch.autograd.grad(g_want.square().sum(), alpha)[0])
+
+
+def test_counts_as_tensor_on_logits_device_and_reductions(gen, rand, close):
+    z, y = rand(gen, 4, 7), _targets(gen, 4, 7)
+    per = L.balanced_softmax_cross_entropy(z, y, torch.tensor(COUNTS), num_old=2, alpha=0.5, reduction="none")
+    assert per.shape == (4,)
+    close(per.sum(), L.balanced_softmax_cross_entropy(z, y, COUNTS, 2, 0.5, reduction="sum"))
+
+
+def test_huge_logits_and_batch_of_one():
+    z = torch.tensor([[1e4, -1e4, 0.0, -1e4, 1e4, 3.0, -1e4]], requires_grad=True)
+    loss = L.balanced_softmax_cross_entropy(z, torch.tensor([1]), COUNTS, num_old=2, alpha=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(class_counts=[1.0, -2.0]), LossArgumentError, "class_counts"),
+        (dict(class_counts=[1.0, float("nan")]), LossArgumentError, "class_counts"),
+        (dict(class_counts=[[1.0]]), LossTypeError, "class_counts"),
+        (dict(class_counts="12"), LossTypeError, "class_counts"),
+        (dict(class_counts=[1.0, 2.0], num_old=3), LossArgumentError, "num_old"),
+        (dict(class_counts=[1.0, 2.0], num_old=1, alpha=-1.0), LossArgumentError, "alpha"),
+        (dict(class_counts=[1.0, 2.0], num_old=1, alpha=0.5, eps=1.0), LossArgumentError, "alpha and eps"),
+        (dict(class_counts=[1.0, 2.0], num_old=1, eps=-1.0), LossArgumentError, "eps"),
+    ],
+)
+def test_offset_argument_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        L.balanced_softmax_offsets(**kwargs)
+
+
+def test_counts_must_match_columns():
+    with pytest.raises(LossArgumentError, match="one entry per logit column"):
+        L.balanced_softmax_cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), [1.0, 2.0])
+
+
+def test_relaxed_eps_default():
+    assert L.relaxed_eps_default(500) == pytest.approx(1.0)
+    assert L.relaxed_eps_default(1300) == pytest.approx(2.6)
+    with pytest.raises(LossArgumentError, match="mean_class_count"):
+        L.relaxed_eps_default(-1)
+
+
+def test_logit_adjusted_cross_entropy(gen, rand, grad_of, close):
+    z, y = rand(gen, 5, 4, grad=True), _targets(gen, 5, 4)
+    per_class = rand(gen, 4, grad=True)
+    got = L.logit_adjusted_cross_entropy(z, y, per_class)
+    want = -torch.log_softmax(z + per_class, dim=1)[torch.arange(5), y].mean()
+    close(got, want)
+    for g, w in zip(grad_of(got, z, per_class), grad_of(want, z, per_class)):
+        close(g, w)
+    per_sample = rand(gen, 5, 4)
+    close(L.logit_adjusted_cross_entropy(z, y, per_sample, reduction="none"),
+          -torch.log_softmax(z + per_sample, dim=1)[torch.arange(5), y])
+    with pytest.raises(LossArgumentError, match="offsets must have shape"):
+        L.logit_adjusted_cross_entropy(z, y, torch.zeros(3))
+    with pytest.raises(LossTypeError, match="targets"):
+        L.logit_adjusted_cross_entropy(z, y.double(), per_class)

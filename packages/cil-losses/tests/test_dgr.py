@@ -1,0 +1,107 @@
+"""GR / DGR functional pieces: KD weight, attenuation, the three ratios with their guards, DAKD."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import cil_losses as L
+from cil_losses.errors import LossArgumentError
+
+
+def test_kd_weight_and_attenuation():
+    assert L.dgr_kd_weight(5000, 1250) == pytest.approx(0.7 * 2.0)
+    assert L.dgr_kd_weight(0, 10) == 0.0
+    assert L.dgr_attenuation_gamma(300, 100) == pytest.approx(math.exp(-0.75))
+    assert L.dgr_attenuation_gamma(300, 100, eta=2.0) == pytest.approx(math.exp(-1.5))
+    assert L.dgr_attenuation_gamma(0, 100) == 1.0
+    with pytest.raises(LossArgumentError, match="n_new"):
+        L.dgr_kd_weight(10, 0)
+    with pytest.raises(LossArgumentError, match="n_seen"):
+        L.dgr_attenuation_gamma(-1, 3)
+
+
+@pytest.mark.parametrize("num_old", [0, 1, 3, 6])
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_class_weights_match_python_loops(num_old, decoupled, gen, ref, close):
+    phi = torch.rand(7, generator=gen, dtype=torch.float64) * 5 + 0.1
+    gamma = 0.6
+    got = L.dgr_class_weights(phi, num_old, gamma, decoupled=decoupled)
+    want = torch.tensor(ref.class_weights(phi.tolist(), num_old, gamma, decoupled), dtype=torch.float64)
+    close(got, want)
+    for cb, tb in [(False, True), (True, False), (False, False)]:
+        got = L.dgr_class_weights(phi, num_old, gamma, decoupled=decoupled, class_balance=cb, task_balance=tb)
+        want = ref.class_weights(phi.tolist(), num_old, gamma, decoupled, cb, tb)
+        close(got, torch.tensor(want, dtype=torch.float64))
+
+
+def test_class_balance_values():
+    phi = torch.tensor([2.0, 4.0, 1.0, 8.0], dtype=torch.float64)
+    close = torch.testing.assert_close
+    close(L.dgr_class_balance(phi, 0), torch.tensor([0.5, 0.25, 1.0, 0.125], dtype=torch.float64))
+    close(L.dgr_class_balance(phi, 2), torch.tensor([1.0, 0.5, 1.0, 0.125], dtype=torch.float64))
+    close(L.dgr_class_balance(phi, 2, decoupled=False), L.dgr_class_balance(phi, 0))
+
+
+def test_zero_guards():
+    phi = torch.tensor([0.0, 2.0, 4.0, 0.0, 0.0], dtype=torch.float64)
+    alpha = L.dgr_class_balance(phi, 3)
+    torch.testing.assert_close(alpha, torch.tensor([1.0, 1.0, 0.5, 1.0, 1.0], dtype=torch.float64))
+    r_old, r_new = L.dgr_task_balance(phi, 3, 0.5)
+    assert float(r_old) == 0.0 and float(r_new) == 0.0            # new classes have no gradient yet
+    r_old, r_new = L.dgr_task_balance(torch.tensor([0.0, 0.0, 3.0], dtype=torch.float64), 2, 0.5)
+    assert float(r_old) == 1.0 and float(r_new) == 1.0            # ρ = +inf when mean_old Φ = 0
+    assert torch.isfinite(L.dgr_class_weights(torch.zeros(4, dtype=torch.float64), 2, 0.5)).all()
+    beta = L.dgr_loss_balance(torch.ones(3), torch.tensor([1.0, 2.0, 2.0]), torch.zeros(2))
+    assert float(beta) == 1.0
+    beta = L.dgr_loss_balance(torch.tensor([1.0, 0.5, 1.0]), torch.tensor([2.0, 2.0, 2.0]), torch.tensor([3.0, 4.0]))
+    assert float(beta) == pytest.approx(3.0 / 5.0)
+
+
+def test_task_balance_attenuation():
+    phi = torch.tensor([4.0, 4.0, 2.0, 2.0], dtype=torch.float64)  # ρ = 0.5
+    r_old, r_new = L.dgr_task_balance(phi, 2, 0.5)
+    assert float(r_old) == pytest.approx(0.5) and float(r_new) == pytest.approx(0.25)
+    phi = torch.tensor([1.0, 1.0, 4.0, 4.0], dtype=torch.float64)  # ρ = 4
+    r_old, r_new = L.dgr_task_balance(phi, 2, 0.5)
+    assert float(r_old) == 1.0 and float(r_new) == 1.0
+    with pytest.raises(LossArgumentError, match="num_old"):
+        L.dgr_task_balance(phi, 0, 0.5)
+
+
+@pytest.mark.parametrize(
+    "lost", [[30.0, 0.0, 12.0, 480.0, 3.0], [0.0] * 5, [5.0] * 5, [0.0, 0.0, 7.0, 0.0, 0.0]],
+    ids=["imbalanced", "nothing-lost", "uniform", "one-class"],
+)
+def test_dakd_matches_reference(lost, gen, rand, ref, grad_of, close):
+    s, t = rand(gen, 6, 5, grad=True), rand(gen, 6, 5, grad=True)
+    got = L.dakd_loss(s, t, lost, 2.0)
+    want = ref.dakd(s, t, lost, 2.0)
+    close(got, want)
+    for g, w in zip(grad_of(got, s, t), grad_of(want, s, t)):
+        close(g, w)
+
+
+def test_dakd_guards(gen, rand, close):
+    s, t = rand(gen, 4, 3), rand(gen, 4, 3)
+    close(L.dakd_loss(s, t, [0, 0, 0]), L.kd_loss(s, t, 2.0))           # ‖ℓ‖ = 0: plain KD
+    one = L.dakd_loss(s[:, :1], t[:, :1], [12.0])                           # one old class: KD over 1 class = 0
+    assert torch.isfinite(one) and float(one) == pytest.approx(0.0, abs=1e-12)
+    huge = L.dakd_loss(s * 1e4, t * 1e4, torch.tensor([3.0, 0.0, 9.0]))
+    assert torch.isfinite(huge)
+    with pytest.raises(LossArgumentError, match="lost_counts"):
+        L.dakd_loss(s, t, [1.0, -1.0, 0.0])
+    with pytest.raises(LossArgumentError, match="lost_counts"):
+        L.dakd_loss(s, t, [1.0, 2.0])
+    with pytest.raises(LossArgumentError, match="same shape"):
+        L.dakd_loss(s, t[:, :2], [1.0, 2.0, 3.0])
+
+
+def test_regularized_softmax_offsets():
+    off = L.regularized_softmax_offsets([10.0, 30.0, 0.0])
+    torch.testing.assert_close(off[:2], torch.tensor([math.log(0.25), math.log(0.75)]))
+    assert off[2] == pytest.approx(math.log(1e-12))
+    with pytest.raises(LossArgumentError, match="class_counts"):
+        L.regularized_softmax_offsets([0.0, 0.0])

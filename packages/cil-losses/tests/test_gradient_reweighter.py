@@ -1,0 +1,209 @@
+"""GradientReweighter (GR / DGR): the vectorised reweighted FC layer against the per-row reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cil_losses as L
+from cil_losses.errors import LossArgumentError, PhaseStateError
+
+T = 2.0
+BLOCKS = [4, 3, 2]          # three per-task parameter blocks: 4 base classes, then 3, then 2
+D = 5
+ATOL = RTOL = 1e-6
+
+
+def _blocks(gen, sizes, dtype=torch.float64):
+    weights = [(torch.randn(n, D, generator=gen, dtype=torch.float64) * 0.5).to(dtype).requires_grad_() for n in sizes]
+    biases = [(torch.randn(n, generator=gen, dtype=torch.float64) * 0.1).to(dtype).requires_grad_() for n in sizes]
+    return weights, biases
+
+
+def _loss_fn(num_old, y, teacher, offsets, lost, kd_weight, dakd=True, use_kd=True):
+    """Returns f(z_ce, z_kd) -> (L_CE, λ_KD·T²·L_KD or None) as DGR's training step builds them."""
+
+    def fn(z_ce, z_kd):
+        ce = F.cross_entropy(z_ce.double() + offsets, y)
+        if num_old == 0 or not use_kd:
+            return ce, None
+        student = z_kd.double()[:, :num_old]
+        kd = L.dakd_loss(student, teacher, lost, T) if dakd else L.kd_loss(student, teacher, T)
+        return ce, kd_weight * T * T * kd
+
+    return fn
+
+
+def _scenario(gen, num_old, num_classes, batch=6):
+    h = torch.randn(batch, D, generator=gen, dtype=torch.float64).requires_grad_()
+    y = torch.randint(0, num_classes, (batch,), generator=gen)
+    teacher = torch.randn(batch, num_old, generator=gen, dtype=torch.float64) * 2
+    counts = torch.randint(1, 50, (num_classes,), generator=gen).double()
+    offsets = (counts / counts.sum()).log()
+    lost = torch.randint(0, 40, (num_old,), generator=gen).double()
+    return h, y, teacher, offsets, lost
+
+
+CONFIGS = {
+    "dgr": dict(),
+    "gr": dict(decoupled=False),
+    "no-task-balance": dict(task_balance=False),
+    "no-loss-balance": dict(loss_balance=False),
+    "no-class-balance": dict(class_balance=False),
+}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("phase", ["base", "incremental"])
+@pytest.mark.parametrize("dakd", [True, False], ids=["dakd", "kd"])
+def test_matches_per_row_reference_over_several_steps(config, phase, dakd, gen, ref):
+    sizes = BLOCKS[:1] if phase == "base" else BLOCKS
+    num_classes = sum(sizes)
+    num_old = 0 if phase == "base" else sizes[0] + sizes[1]
+    n_seen, n_new = 900.0, 150.0
+    options = CONFIGS[config]
+    rw = L.GradientReweighter(phi_dtype=torch.float64, **options)
+    rw.start_phase(num_classes, num_old, n_seen, n_new)
+    gamma = L.dgr_attenuation_gamma(n_seen, n_new) if num_old else 1.0
+    kd_weight = L.dgr_kd_weight(n_seen, n_new) if num_old else 0.0
+    w_fused, b_fused = _blocks(gen, sizes)
+    w_ref = [w.detach().clone().requires_grad_() for w in w_fused]
+    b_ref = [b.detach().clone().requires_grad_() for b in b_fused]
+    phi_ref = [0.0] * num_classes
+    for _ in range(3):  # Φ accumulates across steps
+        h, y, teacher, offsets, lost = _scenario(gen, num_old, num_classes)
+        fn = _loss_fn(num_old, y, teacher, offsets, lost, kd_weight, dakd)
+        # fused: one forward through the layer, one backward
+        for p in (*w_fused, *b_fused):
+            p.grad = None
+        h_fused = h.detach().clone().requires_grad_()
+        z_ce, z_kd = rw(h_fused, torch.cat(w_fused), torch.cat(b_fused))
+        ce, kd = fn(z_ce, z_kd)
+        (ce if kd is None else ce + kd).backward()
+        # reference: backward, then overwrite every row's .grad
+        for p in (*w_ref, *b_ref):
+            p.grad = None
+        h_ref = h.detach().clone().requires_grad_()
+        weights, beta = ref.reference_dgr_step(
+            h_ref, w_ref, b_ref, lambda z: fn(z, z), phi=phi_ref, num_old=num_old, gamma=gamma,
+            decoupled=options.get("decoupled", True), class_balance=options.get("class_balance", True),
+            task_balance=options.get("task_balance", True), loss_balance=options.get("loss_balance", True),
+        )
+        close = dict(atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(rw.phi, torch.tensor(phi_ref, dtype=torch.float64), **close)
+        torch.testing.assert_close(rw.last_weights, torch.tensor(weights, dtype=torch.float64), **close)
+        if num_old:
+            torch.testing.assert_close(rw.last_beta, torch.tensor(beta, dtype=torch.float64), **close)
+        else:
+            assert rw.last_beta is None
+        torch.testing.assert_close(h_fused.grad, h_ref.grad, **close)      # backbone: ordinary gradient
+        for a, b in zip((*w_fused, *b_fused), (*w_ref, *b_ref)):
+            torch.testing.assert_close(a.grad, b.grad, **close)
+        with torch.no_grad():  # an SGD step so that the next step sees other parameters
+            for a, b in zip((*w_fused, *b_fused), (*w_ref, *b_ref)):
+                a -= 0.5 * a.grad
+                b -= 0.5 * b.grad
+
+
+def test_reweighting_actually_changes_the_fc_gradient(gen):
+    """Guard against a silently disabled reweighting: the FC gradient differs from the plain one."""
+    rw = L.GradientReweighter()
+    rw.start_phase(9, 7, 900, 150)
+    w, b = _blocks(gen, BLOCKS)
+    h, y, teacher, offsets, lost = _scenario(gen, 7, 9)
+    fn = _loss_fn(7, y, teacher, offsets, lost, 1.0)
+    z_ce, z_kd = rw(h, torch.cat(w), torch.cat(b))
+    ce, kd = fn(z_ce, z_kd)
+    fused = torch.autograd.grad(ce + kd, w)
+    z = F.linear(h, torch.cat(w), torch.cat(b))
+    ce, kd = fn(z, z)
+    plain = torch.autograd.grad(ce + kd, w)
+    assert not torch.allclose(torch.cat(fused), torch.cat(plain))
+
+
+def test_kd_stream_never_reaches_new_rows(gen):
+    rw = L.GradientReweighter(class_balance=False, task_balance=False, loss_balance=False)
+    rw.start_phase(5, 3, 100, 50)
+    w = torch.randn(5, D, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(4, D, dtype=torch.float64)
+    _, z_kd = rw(h, w, None)
+    z_kd.sum().backward()  # a "KD" that (wrongly) touches the new columns too
+    assert torch.all(w.grad[3:] == 0) and torch.any(w.grad[:3] != 0)
+
+
+@pytest.mark.parametrize("phase", ["base", "incremental"])
+def test_gradcheck_with_reweighting_switched_off(phase):
+    """With every ratio off the Function's backward is the true derivative."""
+    num_classes, num_old = (4, 0) if phase == "base" else (6, 4)
+    rw = L.GradientReweighter(class_balance=False, task_balance=False, loss_balance=False)
+    rw.start_phase(num_classes, num_old, 100, 20)
+    h = torch.randn(3, D, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(num_classes, D, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(num_classes, dtype=torch.float64, requires_grad=True)
+
+    def layer(h, w, b):
+        z_ce, z_kd = rw(h, w, b)
+        return (z_ce, z_kd[:, :num_old]) if num_old else z_ce
+
+    assert torch.autograd.gradcheck(layer, (h, w, b))
+
+
+def test_autocast_bfloat16_on_cpu(gen, ref):
+    """Under CPU autocast the layer computes like F.linear (bf16 logits); grads keep the parameters' dtypes."""
+    sizes, num_old, n_seen, n_new = BLOCKS, 7, 900.0, 150.0
+    rw = L.GradientReweighter()
+    rw.start_phase(9, num_old, n_seen, n_new)
+    w, b = _blocks(gen, sizes, torch.float32)
+    w_ref = [x.detach().clone().requires_grad_() for x in w]
+    b_ref = [x.detach().clone().requires_grad_() for x in b]
+    h, y, teacher, offsets, lost = _scenario(gen, num_old, 9)
+    h = h.float()
+    fn = _loss_fn(num_old, y, teacher, offsets, lost, L.dgr_kd_weight(n_seen, n_new))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_ce, z_kd = rw(h, torch.cat(w), torch.cat(b))
+        assert z_ce.dtype == torch.bfloat16 == F.linear(h, torch.cat(w), torch.cat(b)).dtype
+        ce, kd = fn(z_ce, z_kd)
+    (ce + kd).backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref.reference_dgr_step(h, w_ref, b_ref, lambda z: fn(z, z), phi=[0.0] * 9, num_old=num_old,
+                               gamma=L.dgr_attenuation_gamma(n_seen, n_new))
+    for a, r in zip((*w, *b), (*w_ref, *b_ref)):
+        assert a.grad.dtype == torch.float32 and torch.isfinite(a.grad).all()
+        torch.testing.assert_close(a.grad, r.grad, atol=2e-2, rtol=5e-2)
+    assert torch.isfinite(rw.phi).all() and rw.last_weights.dtype == torch.float32
+
+
+def test_no_grad_forward_and_phase_context():
+    rw = L.GradientReweighter()
+    with pytest.raises(PhaseStateError, match="start_phase"):
+        rw(torch.randn(2, D), torch.randn(3, D), None)
+    rw.start_phase(3, 0, 0, 60)
+    with pytest.raises(LossArgumentError, match="weight must have shape"):
+        rw(torch.randn(2, D), torch.randn(4, D), None)
+    with pytest.raises(LossArgumentError, match="bias"):
+        rw(torch.randn(2, D), torch.randn(3, D), torch.zeros(4))
+    with pytest.raises(LossArgumentError, match="num_old"):
+        rw.start_phase(3, 3, 10, 10)
+    with torch.no_grad():
+        z_ce, z_kd = rw(torch.randn(2, D), torch.randn(3, D, requires_grad=True), None)
+    assert torch.equal(z_ce, z_kd) and torch.all(rw.phi == 0)
+
+
+def test_log_prior_offsets_and_state_dict(gen):
+    rw = L.GradientReweighter()
+    rw.start_phase(5, 3, 300, 100)
+    torch.testing.assert_close(rw.log_prior_offsets(), torch.full((5,), -torch.log(torch.tensor(5.0))))
+    w = torch.randn(5, D, requires_grad=True)
+    z_ce, _ = rw(torch.randn(4, D), w, None)
+    F.cross_entropy(z_ce, torch.tensor([0, 1, 3, 4])).backward()
+    expected = (rw.phi / rw.phi.sum()).log().float()
+    torch.testing.assert_close(rw.log_prior_offsets(), expected)
+    torch.testing.assert_close(rw.class_weights(), L.dgr_class_weights(rw.phi, 3, rw.gamma))
+    restored = L.GradientReweighter()
+    restored.start_phase(2, 0, 0, 10)           # another phase's size: loading resizes Φ
+    restored.load_state_dict(rw.state_dict())
+    assert torch.equal(restored.phi, rw.phi)
+    assert (restored.num_classes, restored.num_old, restored.gamma) == (5, 3, rw.gamma)
+    rw.start_phase(7, 5, 500, 100)
+    assert rw.phi.shape == (7,) and torch.all(rw.phi == 0)
