@@ -1,0 +1,187 @@
+"""Backbones: architecture (parameter counts, shapes, shortcuts), registry, input formats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import cil_models
+from cil_models import BACKBONES, ModelConfigError, build_backbone
+from cil_models.cifar_resnet import BasicBlock, ProjectionShortcut, ZeroPadShortcut
+
+# Exact counts without a classifier. By hand for ResNet-32, option A, 3 input channels:
+# stem 3·16·9 + 2·16 = 464; stage 1: 5·(2·16·16·9 + 2·2·16) = 23,360;
+# stage 2: (16·32·9 + 32·32·9 + 4·32) + 4·(2·32·32·9 + 4·32) = 88,192;
+# stage 3: (32·64·9 + 64·64·9 + 4·64) + 4·(2·64·64·9 + 4·64) = 351,488; total 463,504.
+EXACT = {
+    ("resnet8", 3): 74_640,
+    ("resnet20", 3): 269_072,
+    ("resnet32", 3): 463_504,
+    ("resnet32", 1): 463_504 - 2 * 16 * 9,
+    ("resnet44", 3): 657_936,
+    ("resnet56", 3): 852_368,
+    ("resnet110", 3): 1_727_312,
+    # torchvision ResNet-18 has 11,689,512 parameters, 513,000 of them in its 1000-way fc.
+    ("resnet18", 3): 11_689_512 - 513_000,
+    ("resnet18", 1): 11_689_512 - 513_000 - 2 * 64 * 49,
+    # 3×3 stem instead of 7×7: 64·3·(49 − 9) fewer.
+    ("resnet18-cifar", 3): 11_689_512 - 513_000 - 64 * 3 * 40,
+    ("resnet18-cifar", 1): 11_689_512 - 513_000 - 64 * 3 * 49 + 64 * 9,
+}
+# The rounded values published by He et al. 2016 (Table 6) and torchvision's model card.
+PUBLISHED_MILLIONS = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85, "resnet110": 1.7}
+
+
+@pytest.mark.parametrize(("name", "channels"), sorted(EXACT))
+def test_parameter_counts_exact(name, channels, count_params):
+    assert count_params(build_backbone(name, channels)) == EXACT[(name, channels)]
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_MILLIONS))
+def test_cifar_parameter_counts_match_he_et_al(name, count_params):
+    millions = count_params(build_backbone(name)) / 1e6
+    assert round(millions, 2 if millions < 1 else 1) == PUBLISHED_MILLIONS[name]
+
+
+def test_resnet18_counts_round_to_11_2_million(count_params):
+    for name in ("resnet18", "resnet18-cifar"):
+        assert round(count_params(build_backbone(name)) / 1e6, 1) == 11.2
+
+
+def test_option_b_adds_two_projections(count_params):
+    extra = (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+    assert count_params(build_backbone("resnet32", shortcut="B")) == EXACT[("resnet32", 3)] + extra
+    net = build_backbone("resnet32", shortcut="B")
+    assert sum(isinstance(m, ProjectionShortcut) for m in net.modules()) == 2
+    net_a = build_backbone("resnet32")
+    assert sum(isinstance(m, ZeroPadShortcut) for m in net_a.modules()) == 2
+    assert sum(isinstance(m, BasicBlock) for m in net_a.modules()) == 15
+
+
+# Every backbone with 1 and 3 channels at 28×28 and 32×32; the deep CIFAR ResNets differ from
+# ResNet-32 only in depth, so one input format is enough for them.
+SHAPE_CASES = [
+    (name, channels, size)
+    for name in BACKBONES
+    for channels in (1, 3)
+    for size in (28, 32)
+    if name not in ("resnet44", "resnet56", "resnet110") or (channels, size) == (3, 32)
+]
+
+
+@pytest.mark.parametrize(("name", "channels", "size"), SHAPE_CASES)
+def test_features_shape_and_dim(name, channels, size):
+    torch.manual_seed(0)
+    net = build_backbone(name, channels).eval()
+    x = torch.randn(2, channels, size, size)
+    with torch.no_grad():
+        out = net(x)
+        assert torch.equal(out, net.features(x))
+    assert out.shape == (2, net.feature_dim)
+    assert net.feature_dim == (512 if name.startswith("resnet18") else 64)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("size", "spatial"), [(32, (32, 16, 8)), (28, (28, 14, 7))])
+def test_cifar_stage_shapes(size, spatial):
+    net = build_backbone("resnet8", 3).eval()
+    maps = net.feature_maps(torch.randn(1, 3, size, size))
+    assert [tuple(m.shape[1:]) for m in maps] == [(16, spatial[0], spatial[0]), (32, spatial[1], spatial[1]), (64, spatial[2], spatial[2])]
+    pooled = net(torch.randn(1, 3, size, size))
+    assert pooled.shape == (1, 64)
+
+
+def test_resnet18_cifar_stem_keeps_resolution():
+    maps = build_backbone("resnet18-cifar").eval().feature_maps(torch.randn(1, 3, 32, 32))
+    assert [tuple(m.shape[1:]) for m in maps] == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]
+    maps = build_backbone("resnet18").eval().feature_maps(torch.randn(1, 3, 64, 64))
+    assert [tuple(m.shape[1:]) for m in maps] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
+
+
+def test_zero_pad_shortcut_matches_reference():
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 7, 7, dtype=torch.float64)
+    out = ZeroPadShortcut(16, 32, 2)(x)
+    reference = torch.zeros(2, 32, 4, 4, dtype=torch.float64)
+    for i in range(4):
+        for j in range(4):
+            reference[:, :16, i, j] = x[:, :, 2 * i, 2 * j]
+    assert torch.equal(out, reference)
+
+
+def test_basic_block_matches_reference():
+    torch.manual_seed(1)
+    block = BasicBlock(16, 32, stride=2).double().train()
+    x = torch.randn(3, 16, 8, 8, dtype=torch.float64)
+
+    def bn(h, m):
+        mean = h.mean(dim=(0, 2, 3), keepdim=True)
+        var = h.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        return (h - mean) / torch.sqrt(var + m.eps) * m.weight.view(1, -1, 1, 1) + m.bias.view(1, -1, 1, 1)
+
+    h = F.relu(bn(F.conv2d(x, block.conv1.weight, stride=2, padding=1), block.bn1))
+    h = bn(F.conv2d(h, block.conv2.weight, padding=1), block.bn2)
+    shortcut = torch.cat([x[:, :, ::2, ::2], torch.zeros(3, 16, 4, 4, dtype=torch.float64)], dim=1)
+    torch.testing.assert_close(block(x), F.relu(h + shortcut))
+
+
+def test_resnet18_matches_torchvision_forward():
+    torch.manual_seed(0)
+    ours = build_backbone("resnet18").eval()
+    reference = torchvision.models.resnet18(weights=None)
+    reference.fc = torch.nn.Identity()
+    missing, unexpected = reference.load_state_dict(ours.state_dict(), strict=False)
+    assert not missing and not unexpected
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference.eval()(x))
+
+
+def test_init_is_kaiming_fan_out_and_unit_batchnorm():
+    torch.manual_seed(0)
+    net = build_backbone("resnet110")
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 64]
+    weights = torch.cat([c.weight.flatten() for c in convs])
+    expected_std = (2.0 / (9 * 64)) ** 0.5
+    assert abs(weights.std().item() / expected_std - 1) < 0.02
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.all(b.weight == 1) and torch.all(b.bias == 0) for b in bns)
+    zero = build_backbone("resnet8", zero_init_residual=True)
+    assert all(torch.all(m.bn2.weight == 0) for m in zero.modules() if isinstance(m, BasicBlock))
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet18-cifar"])
+def test_channels_last_gives_same_features(name):
+    torch.manual_seed(0)
+    net = build_backbone(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = net(x)
+        net = net.to(memory_format=torch.channels_last)
+        fast = net(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_reaches_every_parameter():
+    net = build_backbone("resnet8", 1)
+    net(torch.randn(4, 1, 28, 28)).square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_registry_errors_and_names():
+    assert BACKBONES == ["resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18-cifar", "resnet18"]
+    with pytest.raises(ModelConfigError, match=r"unknown backbone name 'resnet33'.*resnet32.*resnet18-cifar"):
+        build_backbone("resnet33")
+    with pytest.raises(TypeError, match="name must be a str"):
+        build_backbone(32)
+    assert isinstance(build_backbone(" ResNet32 "), cil_models.CifarResNet)
+    with pytest.raises(ModelConfigError, match="depth must be 6n\\+2"):
+        cil_models.cifar_resnet(30)
+    with pytest.raises(ModelConfigError, match="shortcut must be one of 'A', 'B'; got 'C'"):
+        build_backbone("resnet8", shortcut="C")
+    with pytest.raises(ModelConfigError, match="in_channels must be an int >= 1, got 0"):
+        build_backbone("resnet18", 0)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        build_backbone("resnet8", widths=3)
