@@ -2,8 +2,63 @@
 
 __version__ = "0.1.0"
 
-from .dataset import ImageDataset
-from .errors import DataError, MemoryFileError
-from .sources import load_embedded, load_fashion_mnist
+from .augment import BatchAugment
+from .budget import MemoryBudget
+from .dataset import ImageDataset, check_images_and_labels
+from .errors import DataError, MemoryFileError, MissingDependencyError
+from .herding import herding_order, herding_select
+from .longtail import long_tail_counts, long_tail_indices
+from .memory import ExemplarMemory
+from .samplers import RatioPreservingSampler, balanced_validation_split, class_balanced_indices, validation_per_class
+from .scenario import IncrementalScenario, Phase, class_order, phase_increments, seed1993_order
+from .sources import (
+    ImageFolderSplit,
+    LazyImageDataset,
+    dataset_from_arrays,
+    estimate_image_folder_bytes,
+    load_cifar,
+    load_embedded,
+    load_fashion_mnist,
+    load_image_folder,
+    load_npz,
+    open_image_folder,
+    read_idx,
+)
+from .stats import channel_stats
 
-__all__ = ["DataError", "ImageDataset", "MemoryFileError", "__version__", "load_embedded", "load_fashion_mnist"]
+__all__ = [
+    "BatchAugment",
+    "DataError",
+    "ExemplarMemory",
+    "ImageDataset",
+    "ImageFolderSplit",
+    "IncrementalScenario",
+    "LazyImageDataset",
+    "MemoryBudget",
+    "MemoryFileError",
+    "MissingDependencyError",
+    "Phase",
+    "RatioPreservingSampler",
+    "__version__",
+    "balanced_validation_split",
+    "channel_stats",
+    "check_images_and_labels",
+    "class_balanced_indices",
+    "class_order",
+    "dataset_from_arrays",
+    "estimate_image_folder_bytes",
+    "herding_order",
+    "herding_select",
+    "load_cifar",
+    "load_embedded",
+    "load_fashion_mnist",
+    "load_image_folder",
+    "load_npz",
+    "long_tail_counts",
+    "long_tail_indices",
+    "open_image_folder",
+    "phase_increments",
+    "read_idx",
+    "seed1993_order",
+    "validation_per_class",
+]
