@@ -1,1 +1,44 @@
+"""cil-models: backbones and expandable heads for class-incremental learning.
+
+* Backbones by name (:func:`build_backbone`, :data:`BACKBONES`): CIFAR ResNet-8/20/32/44/56/110
+  (He et al., CVPR 2016; ResNet-32 as in iCaRL/LUCIR/PyCIL), ResNet-18 for 32×32 inputs and the
+  torchvision ResNet-18 for ImageNet-size inputs.
+* Heads made of per-phase blocks: :class:`IncrementalLinear`, :class:`CosineLinear` (LUCIR,
+  Hou et al., CVPR 2019); the BiC layer :class:`BiasCorrection` (Wu et al., CVPR 2019); WA's
+  :func:`weight_align` and :func:`clip_nonnegative_` (Zhao et al., CVPR 2020); iCaRL's
+  :class:`NMEClassifier` (Rebuffi et al., CVPR 2017).
+"""
+
+from .bias_correction import BiasCorrection
+from .cifar_resnet import BasicBlock, CifarResNet, cifar_resnet
+from .errors import CheckpointError, HeadStateError, ModelConfigError
+from .heads import CosineLinear, IncrementalHead, IncrementalLinear
+from .nme import NMEClassifier, normalized_class_means
+from .registry import BACKBONES, build_backbone
+from .resnet18 import ResNet18Features, resnet18, resnet18_cifar
+from .weight_aligning import clip_nonnegative_, weight_align
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "BACKBONES",
+    "BasicBlock",
+    "BiasCorrection",
+    "CheckpointError",
+    "CifarResNet",
+    "CosineLinear",
+    "HeadStateError",
+    "IncrementalHead",
+    "IncrementalLinear",
+    "ModelConfigError",
+    "NMEClassifier",
+    "ResNet18Features",
+    "__version__",
+    "build_backbone",
+    "cifar_resnet",
+    "clip_nonnegative_",
+    "normalized_class_means",
+    "resnet18",
+    "resnet18_cifar",
+    "weight_align",
+]
