@@ -66,6 +66,14 @@ def test_same_seed_same_batches_and_exact_resume_mid_epoch() -> None:
     d.load_state_dict(state)
     got += run(d, 2)
     assert got == full
+    # a sampler that owns its generator (int seed) carries the generator state in its state_dict
+    e = RatioPreservingSampler(23, 9, 5, 4, generator=3)
+    owned = run(e, 1)
+    mid = e.state_dict()
+    rest = run(e, 2)
+    f = RatioPreservingSampler(23, 9, 5, 4, generator=3)
+    f.load_state_dict(mid)
+    assert run(f, 2) == rest and owned == full[: len(owned)]
     with pytest.raises(DataError, match="num_memory"):
         RatioPreservingSampler(23, 8, 5, 4).load_state_dict(state)
 

@@ -32,9 +32,10 @@ class RatioPreservingSampler:
     Args:
         num_new, num_memory: sizes of the new data and of the memory.
         batch_new, batch_memory: ``B_n`` (default 128) and ``B_r`` (default 32).
-        generator: torch generator or int seed (default: seed 0). The caller owns a passed generator's
-            state; :meth:`state_dict` holds where the epoch and the memory cycle stand, so that
-            ``load_state_dict`` + the generator's state resume exactly (also mid-epoch).
+        generator: torch generator or int seed (default: seed 0). :meth:`state_dict` holds where the
+            epoch and the memory cycle stand, plus the generator's state when the sampler made the
+            generator itself (int seed / None); a passed ``torch.Generator`` belongs to the caller, who
+            checkpoints its state. Either way ``load_state_dict`` resumes exactly (also mid-epoch).
         drop_last: drop a last, smaller new-data batch.
     """
 
@@ -54,6 +55,7 @@ class RatioPreservingSampler:
         self.drop_last = bool(drop_last)
         if self.drop_last and self.num_new < self.batch_new:
             raise DataError(f"drop_last with num_new={self.num_new} < batch_new={self.batch_new} gives no batch at all")
+        self._owns_generator = not isinstance(generator, torch.Generator)
         self.generator = as_generator(0 if generator is None else generator, "generator")
         self._memory_perm = torch.empty(0, dtype=torch.int64)
         self._memory_pos = 0
@@ -100,6 +102,7 @@ class RatioPreservingSampler:
             "memory_pos": self._memory_pos,
             "epoch_perm": None if self._epoch_perm is None else self._epoch_perm.clone(),
             "epoch_batch": self._epoch_batch,
+            "generator": self.generator.get_state() if self._owns_generator else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -113,6 +116,8 @@ class RatioPreservingSampler:
         self._memory_pos = int(state["memory_pos"])
         self._epoch_perm = None if state["epoch_perm"] is None else state["epoch_perm"].clone()
         self._epoch_batch = int(state["epoch_batch"])
+        if self._owns_generator and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
 
 
 def class_balanced_indices(
