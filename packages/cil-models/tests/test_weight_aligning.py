@@ -74,7 +74,7 @@ def test_new_classes_spanning_blocks_and_mid_block_split():
     torch.testing.assert_close(after[4:], gamma * weight[4:])
 
 
-def _later_test_accepts_network_and_rejects_bad_input():
+def test_accepts_network_and_rejects_bad_input():
     net = IncrementalNet("resnet8", in_channels=1)
     net.expand(3)
     net.expand(2)

@@ -7,12 +7,15 @@
   Hou et al., CVPR 2019); the BiC layer :class:`BiasCorrection` (Wu et al., CVPR 2019); WA's
   :func:`weight_align` and :func:`clip_nonnegative_` (Zhao et al., CVPR 2020); iCaRL's
   :class:`NMEClassifier` (Rebuffi et al., CVPR 2017).
+* :class:`IncrementalNet`: backbone + head with ``expand``, ``frozen_copy``, channels_last and
+  checkpoints that round-trip exactly.
 """
 
 from .bias_correction import BiasCorrection
 from .cifar_resnet import BasicBlock, CifarResNet, cifar_resnet
 from .errors import CheckpointError, HeadStateError, ModelConfigError
 from .heads import CosineLinear, IncrementalHead, IncrementalLinear
+from .network import IncrementalNet
 from .nme import NMEClassifier, normalized_class_means
 from .registry import BACKBONES, build_backbone
 from .resnet18 import ResNet18Features, resnet18, resnet18_cifar
@@ -30,6 +33,7 @@ __all__ = [
     "HeadStateError",
     "IncrementalHead",
     "IncrementalLinear",
+    "IncrementalNet",
     "ModelConfigError",
     "NMEClassifier",
     "ResNet18Features",
