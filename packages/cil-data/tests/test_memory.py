@@ -181,8 +181,11 @@ def test_refuses_corrupt_foreign_and_mismatching_files(tmp_path: Path, make_imag
 
     with pytest.raises(FileNotFoundError, match="no exemplar memory"):
         ExemplarMemory.load(tmp_path / "absent.h5")
-    with pytest.raises(DataError, match="does not exist"):
-        mem.save(tmp_path / "no" / "folder" / "m.h5")
+    mem.save(tmp_path / "new" / "folder" / "m.h5")  # missing folders are created
+    assert ExemplarMemory.load(tmp_path / "new" / "folder" / "m.h5").equals(mem)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="cannot be created"):
+        mem.save(tmp_path / "file" / "m.h5")
 
 
 def test_failed_write_leaves_old_file_and_no_temporary(tmp_path: Path, make_images, monkeypatch) -> None:

@@ -32,12 +32,17 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
 def atomic_replace(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` to create a complete new file, then atomically put it at ``path``.
 
-    The temporary file is removed if ``write`` fails; the target is untouched until the rename.
+    Missing parent folders are created. The temporary file is removed if ``write`` fails; the target is
+    untouched until the rename.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise DataError(f"cannot write {path}: the folder {folder} does not exist; create it first")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot write {path}: the folder {folder} cannot be created ({exc})") from exc
+        _fsync_path(folder.parent if str(folder.parent) else Path("."), directory=True)
     tmp = temporary_name(path)
     try:
         write(tmp)
