@@ -3,6 +3,7 @@
     hatch run bench data                 # full run, prints a table
     hatch run bench data --quick         # a few-second smoke run
     hatch run bench data --json out.json --device cuda
+    hatch run bench data --threads 1     # stable figures on a busy shared CPU
 
 Rows:
   herding            herding_order, k=20 of n=500 samples, d=64 features, against the plain reference
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-d", type=int, default=64, help="feature dimension")
     parser.add_argument("-k", type=int, default=20, help="exemplars chosen")
     parser.add_argument("--images", type=int, default=2000, help="images in the memory file")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0 = torch's default); 1 gives stable figures on a busy machine")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.n, args.k, args.images, args.repeats = 100, 5, 200, 1
     device = torch.device(args.device)
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'benchmark':<34} {'reference':>11} {'cil-data':>11} {'ratio':>8}  reference is")
     for r in rows:
         print(f"{r['row']:<34} {r['reference_s'] * 1e3:>9.2f}ms {r['ours_s'] * 1e3:>9.2f}ms {r['speedup']:>7.1f}×  {r['reference']}")
-    print("ratio = reference time / cil-data time (> 1: cil-data is faster); medians of", args.repeats, "repeats")
+    print(f"ratio = reference time / cil-data time (> 1: cil-data is faster); medians of {args.repeats} repeats, "
+          f"{torch.get_num_threads()} CPU thread(s)")
     if args.json:
         args.json.write_text(json.dumps({"benchmark": "data", "quick": args.quick, "torch": torch.__version__,
                                          "threads": torch.get_num_threads(), "rows": rows}, indent=2))

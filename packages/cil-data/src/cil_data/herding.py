@@ -51,11 +51,11 @@ def _herding_padded(feats: torch.Tensor, counts: torch.Tensor, k: int) -> torch.
     chosen_sum = torch.zeros_like(mu)
     order = torch.full((g, k), -1, dtype=torch.int64, device=device)
     rows = torch.arange(g, device=device)
-    inf = torch.tensor(float("inf"), dtype=f.dtype, device=device)
+    inf = float("inf")
     for i in range(1, k + 1):  # greedy steps (k is the quota, e.g. 20), vectorised over samples and groups
         target = mu - chosen_sum / i
         score = torch.baddbmm(sq.unsqueeze(2) / (i * i), f, target.unsqueeze(2), alpha=-2.0 / i).squeeze(2)
-        score = torch.where(taken, inf, score)
+        score.masked_fill_(taken, inf)
         pick = torch.argmin(score, dim=1)
         live = counts >= i
         order[:, i - 1] = torch.where(live, pick, -1)
