@@ -20,6 +20,11 @@ EXACT = {
     ("resnet20", 3): 269_072,
     ("resnet32", 3): 463_504,
     ("resnet32", 1): 463_504 - 2 * 16 * 9,
+    ("resnet8", 1): 74_640 - 2 * 16 * 9,
+    ("resnet20", 1): 269_072 - 2 * 16 * 9,
+    ("resnet44", 1): 657_936 - 2 * 16 * 9,
+    ("resnet56", 1): 852_368 - 2 * 16 * 9,
+    ("resnet110", 1): 1_727_312 - 2 * 16 * 9,
     ("resnet44", 3): 657_936,
     ("resnet56", 3): 852_368,
     ("resnet110", 3): 1_727_312,
@@ -88,7 +93,7 @@ def test_features_shape_and_dim(name, channels, size):
 def test_cifar_stage_shapes(size, spatial):
     net = build_backbone("resnet8", 3).eval()
     maps = net.feature_maps(torch.randn(1, 3, size, size))
-    assert [tuple(m.shape[1:]) for m in maps] == [(16, spatial[0], spatial[0]), (32, spatial[1], spatial[1]), (64, spatial[2], spatial[2])]
+    assert [tuple(m.shape[1:]) for m in maps] == [(w, s, s) for w, s in zip((16, 32, 64), spatial)]
     pooled = net(torch.randn(1, 3, size, size))
     assert pooled.shape == (1, 64)
 
@@ -171,7 +176,8 @@ def test_backward_reaches_every_parameter():
 
 
 def test_registry_errors_and_names():
-    assert BACKBONES == ["resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18-cifar", "resnet18"]
+    cifar = ["resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+    assert BACKBONES == [*cifar, "resnet18-cifar", "resnet18"]
     with pytest.raises(ModelConfigError, match=r"unknown backbone name 'resnet33'.*resnet32.*resnet18-cifar"):
         build_backbone("resnet33")
     with pytest.raises(TypeError, match="name must be a str"):

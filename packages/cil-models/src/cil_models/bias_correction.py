@@ -65,7 +65,9 @@ class BiasCorrection(nn.Module):
             self.add_task()
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:
-        """``[α_task, β_task]`` (e.g. for an optimiser)."""
+        """``[α_task, β_task]`` (e.g. for an optimiser); negative ``task`` counts from the newest."""
+        if isinstance(task, bool) or not isinstance(task, int):
+            raise TypeError(f"task must be an int, got {type(task).__name__}")
         if not -self.num_tasks <= task < self.num_tasks:
             raise HeadStateError(f"task must be in [{-self.num_tasks}, {self.num_tasks - 1}], got {task}")
         return [self.alpha[task], self.beta[task]]

@@ -229,7 +229,9 @@ def _plain_options(name: str, options: Mapping[str, Any] | None) -> dict[str, An
 
 def _checked_checkpoint(state: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(state, Mapping):
-        raise CheckpointError(f"state must be a dict from IncrementalNet.checkpoint_state(), got {type(state).__name__}")
+        raise CheckpointError(
+            f"state must be a dict from IncrementalNet.checkpoint_state(), got {type(state).__name__}"
+        )
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"state['format'] must be {CHECKPOINT_FORMAT!r} (a dict from IncrementalNet.checkpoint_state()), "
@@ -237,7 +239,8 @@ def _checked_checkpoint(state: Mapping[str, Any]) -> dict[str, Any]:
         )
     if state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"state['version'] must be {CHECKPOINT_VERSION} (the format this cil-models reads), got {state.get('version')!r}"
+            f"state['version'] must be {CHECKPOINT_VERSION} (the format this cil-models reads), "
+            f"got {state.get('version')!r}"
         )
     missing = {"task_sizes", "config", "state_dict"} - set(state)
     if missing:
