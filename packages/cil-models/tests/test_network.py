@@ -174,6 +174,17 @@ def test_checkpoint_round_trip_gives_identical_outputs(kw, tmp_path):
         assert torch.equal(restored.state_dict()[key], value), key
 
 
+def test_from_checkpoint_state_leaves_the_global_generator_alone():
+    net = tiny_net()
+    net.expand(3)
+    state = net.checkpoint_state()
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    IncrementalNet.from_checkpoint_state(state)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_checkpoint_of_phase_t_loads_into_fresh_network_expanded_alike():
     net = tiny_net()
     net.expand(4)

@@ -185,6 +185,9 @@ class IncrementalNet(nn.Module):
                 ``torch.save``/``torch.load``).
             backbone: a fresh backbone module, required when the network was built from a module
                 instead of a backbone name (its architecture must match the saved weights).
+
+        The global CPU random generator is left as it was (the throw-away initialisation runs
+        on a forked generator).
         """
         config = _checked_checkpoint(state)
         if config["backbone"] is None and backbone is None:
@@ -192,15 +195,18 @@ class IncrementalNet(nn.Module):
                 "this checkpoint was made from a network with a custom backbone module; pass a fresh "
                 "instance of it as backbone="
             )
-        net = cls(
-            backbone if backbone is not None else config["backbone"],
-            config["head"],
-            config["in_channels"],
-            head_options=config["head_options"],
-            backbone_options=config["backbone_options"] if backbone is None else None,
-            bias_correction=config["bias_correction"],
-        )
-        net.expand_to(state["task_sizes"])
+        # The initial weights are overwritten below: build them without advancing the global
+        # CPU generator, so that a resumed run draws the same random numbers as an uninterrupted one.
+        with torch.random.fork_rng(devices=[]):
+            net = cls(
+                backbone if backbone is not None else config["backbone"],
+                config["head"],
+                config["in_channels"],
+                head_options=config["head_options"],
+                backbone_options=config["backbone_options"] if backbone is None else None,
+                bias_correction=config["bias_correction"],
+            )
+            net.expand_to(state["task_sizes"])
         reference = next(iter(state["state_dict"].values()), None)
         if reference is not None:
             net.to(device=reference.device)
