@@ -111,13 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.type in ("float", float, "float | None"):
             kwargs.update(type=float, metavar="X")
         else:
-            if "choices" in meta and f.name != "order":
-                kwargs["choices"] = list(meta["choices"])
-            elif f.name == "method":
-                kwargs["choices"] = method_names()
-            elif f.name == "preset":
-                kwargs["choices"] = list(PRESETS)
-            kwargs["metavar"] = f.name.upper() if "choices" not in kwargs else "{" + ",".join(kwargs["choices"]) + "}"
+            # allowed values are shown here but checked by RunConfig, whose errors name the option in one paragraph
+            choices = {"method": ["METHOD"], "preset": ["PRESET"]}.get(f.name, meta.get("choices"))
+            kwargs["metavar"] = f.name.upper() if not choices else ("{" + ",".join(choices) + "}" if len(choices) > 1 else choices[0])
         group.add_argument(option_name(f.name), **kwargs)
     return p
 
@@ -137,6 +133,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         values["memory_per_class"] = None
     if "memory_per_class" in explicit:
         values["memory_total"] = None
+    if "epochs" in explicit and "lr_steps" not in explicit and values.get("lr_steps") and values.get("epochs"):
+        values["lr_steps"] = scale_lr_steps(values["lr_steps"], values["epochs"], explicit["epochs"])
     values.update(explicit)
     method = values.get("method", RunConfig().method)
     recipe = METHODS.get(method)
@@ -150,6 +148,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig.from_dict(values)
     check_config(cfg, method_names(), recipe.memory if recipe else None)
     return cfg
+
+
+def scale_lr_steps(steps: Sequence[int], epochs: int, new_epochs: int) -> tuple[int, ...]:
+    """A preset's step schedule stretched to another number of epochs (same fractions of the run):
+    ``--preset cifar100-lt-lfs10 --epochs 16`` divides the rate at epochs 8 and 12 instead of 80 and 120."""
+    out: list[int] = []
+    for s in steps:
+        e = max(1, round(s * new_epochs / epochs))
+        if out and e <= out[-1]:
+            e = out[-1] + 1
+        if e < new_epochs:
+            out.append(e)
+    return tuple(out)
 
 
 def _resume_config(explicit: dict[str, Any]) -> RunConfig:
@@ -216,10 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return compare_main(argv[1:])
         return _train(argv)
     except ConfigError as exc:
-        print(textwrap.fill(f"cil-train: error: {exc}", width=100), file=sys.stderr)
+        print(textwrap.fill(f"cil-train: error: {exc}", width=100, break_on_hyphens=False, break_long_words=False), file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
-        print(textwrap.fill(f"cil-train: stopped: {exc}", width=100), file=sys.stderr)
+        print(textwrap.fill(f"cil-train: stopped: {exc}", width=100, break_on_hyphens=False, break_long_words=False), file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("\ncil-train: interrupted; continue with --resume RUN_FOLDER", file=sys.stderr)

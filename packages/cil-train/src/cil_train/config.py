@@ -143,7 +143,8 @@ class RunConfig:
 
     # -- training --------------------------------------------------------------------------
     backbone: str = _opt("training", "feature extractor", _str, "resnet32")
-    epochs: int = _opt("training", "epochs per phase", _number(1, integer=True), 12)
+    epochs: int = _opt("training", "epochs per phase (with a preset: its --lr-steps are scaled to the same fractions)",
+                       _number(1, integer=True), 12)
     lr: float = _opt("training", "initial learning rate of each phase (SGD)", _number(0.0, lo_open=True), 0.1)
     lr_schedule: str = _opt("training", "schedule within a phase", _choice("cosine", "step", "constant"), "cosine")
     lr_steps: Any = attrs.field(

@@ -410,6 +410,7 @@ class Trainer:
             progress = Progress(steps, f"phase {t + 1}/{T} epoch {epoch + 1:>3}/{cfg.epochs}",
                                 cfg.progress if self.info.is_main else "none")
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+            figure_sums: dict[str, Any] = {}
             n_steps = 0
             for pos in self._batches(data, gen, sampler):
                 if self.info.enabled:
@@ -418,7 +419,7 @@ class Trainer:
                 xb = self._to_input(self.augment(data.x[pos], generator=aug_gen))
                 batch = Batch(x=xb, y=data.y[pos], is_memory=data.is_memory[pos])
                 with self._autocast():
-                    loss, _figures = self.recipe.loss(ctx, batch)
+                    loss, figures = self.recipe.loss(ctx, batch)
                 opt.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -435,6 +436,8 @@ class Trainer:
                 ctx.step += 1
                 n_steps += 1
                 loss_sum += loss.detach().double()
+                for k, v in figures.items():  # summed on the device: no synchronisation per step
+                    figure_sums[k] = figure_sums.get(k, 0.0) + v
                 if progress.mode == "bar" and progress.due():
                     progress.update(1, loss=float(loss_sum / n_steps), lr=ctx.current_lr())
                 else:
@@ -449,7 +452,8 @@ class Trainer:
                     "Try a smaller --lr, --amp off, or check the data."
                 )
             phase_losses.append(mean_loss)
-            progress.close(loss=mean_loss, lr=ctx.current_lr())
+            means = {k: float(v) / max(n_steps, 1) for k, v in figure_sums.items()}
+            progress.close(loss=mean_loss, **means, lr=ctx.current_lr())
             sched.step()
             broadcast_buffers(model, self.info)
             if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:

@@ -57,7 +57,7 @@ class DGR(Recipe):
         z_ce = z_ce.float()
         ce = F.cross_entropy(z_ce if offsets is None else z_ce + offsets, batch.y)
         if ctx.num_old == 0:
-            return ce, {"ce": float(ce)}
+            return ce, {"ce": ce.detach()}
         T = self.cfg.kd_temperature
         student = z_kd.float()[:, : ctx.num_old]
         teacher = ctx.teacher_logits(batch.x).float()
@@ -66,7 +66,7 @@ class DGR(Recipe):
         else:
             kd = L.kd_loss(student, teacher, T)
         kd = self._kd_weight * T * T * kd
-        return ce + kd, {"ce": float(ce), "kd": float(kd)}
+        return ce + kd, {"ce": ce.detach(), "kd": kd.detach()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"reweighter": self.reweighter.state_dict()}

@@ -28,9 +28,9 @@ class ICaRL(Recipe):
         logits = ctx.net(batch.x).float()
         ce = F.cross_entropy(logits, batch.y)
         if ctx.num_old == 0:
-            return ce, {"ce": float(ce)}
+            return ce, {"ce": ce.detach()}
         kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.cfg.kd_temperature)
-        return ce + kd, {"ce": float(ce), "kd": float(kd)}
+        return ce + kd, {"ce": ce.detach(), "kd": kd.detach()}
 
 
 @register
@@ -47,13 +47,13 @@ class ICaRLJIOC(ICaRL):
         if ctx.num_old == 0:
             if use_ic:
                 ic = L.input_coordination_ce(logits, batch.y, detach_weight=cfg.jioc_detach, normalize=cfg.jioc_normalize)
-                return ic, {"ic": float(ic)}
+                return ic, {"ic": ic.detach()}
             ce = F.cross_entropy(logits, batch.y)
-            return ce, {"ce": float(ce)}
+            return ce, {"ce": ce.detach()}
         teacher = ctx.teacher_logits(batch.x).float()
         loss = L.jioc_loss(
             logits, batch.y, teacher, ctx.old_boundaries, batch.is_memory,
             gamma1=cfg.jioc_gamma1, gamma2=cfg.jioc_gamma2, T=cfg.kd_temperature, use_ic=use_ic, use_oc=use_oc,
             detach_weight=cfg.jioc_detach, normalize=cfg.jioc_normalize, squared=cfg.jioc_squared,
         )
-        return loss, {"jioc": float(loss)}
+        return loss, {"jioc": loss.detach()}

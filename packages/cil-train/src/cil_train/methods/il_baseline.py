@@ -29,11 +29,11 @@ class ILBaseline(Recipe):
         logits = ctx.net(batch.x).float()
         l_c = self.classification_loss(ctx, logits, batch.y)
         if ctx.num_old == 0:
-            return l_c, {"ce": float(l_c)}
+            return l_c, {"ce": l_c.detach()}
         T = self.cfg.kd_temperature
         l_d = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), T, t_squared=True)
         rho = ctx.num_old / ctx.num_seen
-        return rho * l_d + (1.0 - rho) * l_c, {"ce": float(l_c), "kd": float(l_d)}
+        return rho * l_d + (1.0 - rho) * l_c, {"ce": l_c.detach(), "kd": l_d.detach()}
 
 
 @register

@@ -24,6 +24,6 @@ class LwF(Recipe):
         logits = ctx.net(batch.x).float()
         ce = F.cross_entropy(logits[:, ctx.num_old :], batch.y - ctx.num_old)
         if ctx.num_old == 0:
-            return ce, {"ce": float(ce)}
+            return ce, {"ce": ce.detach()}
         kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.cfg.kd_temperature)
-        return ce + self.cfg.lwf_lambda * kd, {"ce": float(ce), "kd": float(kd)}
+        return ce + self.cfg.lwf_lambda * kd, {"ce": ce.detach(), "kd": kd.detach()}

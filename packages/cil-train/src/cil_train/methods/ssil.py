@@ -31,7 +31,7 @@ class SSIL(Recipe):
         logits = ctx.net(batch.x).float()
         if ctx.num_old == 0:
             ce = F.cross_entropy(logits, batch.y)
-            return ce, {"ce": float(ce)}
+            return ce, {"ce": ce.detach()}
         ss = L.separated_softmax_cross_entropy(logits, batch.y, ctx.num_old, batch.is_memory)
         teacher = ctx.teacher_logits(batch.x).float()
         T = self.cfg.kd_temperature
@@ -39,4 +39,4 @@ class SSIL(Recipe):
             kd = L.task_wise_kd(logits[:, : ctx.num_old], teacher, ctx.old_boundaries, T, t_squared=True)
         else:
             kd = L.kd_loss(logits[:, : ctx.num_old], teacher, T, t_squared=True)
-        return ss + kd, {"ss": float(ss), "kd": float(kd)}
+        return ss + kd, {"ss": ss.detach(), "kd": kd.detach()}

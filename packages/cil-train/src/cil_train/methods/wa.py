@@ -26,11 +26,11 @@ class WeightAligning(Recipe):
         logits = ctx.net(batch.x).float()
         ce = F.cross_entropy(logits, batch.y)
         if ctx.num_old == 0:
-            return ce, {"ce": float(ce)}
+            return ce, {"ce": ce.detach()}
         kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.cfg.kd_temperature,
                        t_squared=self.cfg.wa_t_squared)
         lam = ctx.num_old / ctx.num_seen
-        return (1.0 - lam) * ce + lam * kd, {"ce": float(ce), "kd": float(kd)}
+        return (1.0 - lam) * ce + lam * kd, {"ce": ce.detach(), "kd": kd.detach()}
 
     def after_step(self, ctx) -> None:
         if self.cfg.wa_clip:

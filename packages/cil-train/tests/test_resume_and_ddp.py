@@ -1,0 +1,100 @@
+"""A run killed with SIGKILL in the middle of a later phase resumes to the same final metrics;
+two processes under torchrun (gloo, CPU) train two phases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cil_train.cli import main
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _checkpoint_state(path: Path) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # not written yet (it is replaced atomically, never seen half-written)
+        return None
+
+
+@pytest.mark.slow
+def test_sigkill_in_a_later_phase_then_resume_gives_identical_metrics(tiny_argv, strip_timings, tmp_path):
+    extra = ("--epochs", "6", "--threads", "1", "--method", "dgr")
+    reference = tmp_path / "uninterrupted"
+    assert main(tiny_argv(reference, *extra)) == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "cil_train", *tiny_argv(killed, *extra)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    state = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = _checkpoint_state(killed / "checkpoint.pt")
+            # the third (last) phase is under way: at least one of its epochs is checkpointed
+            if state and state["phase"] == 2 and not state["phase_complete"] and state["epochs_done"] >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((killed / "metrics.json").read_text())["complete"] is False
+
+    assert main(["--resume", str(killed), "--progress", "none"]) == 0
+    got = json.loads((killed / "metrics.json").read_text())
+    want = json.loads((reference / "metrics.json").read_text())
+    assert strip_timings(got) == strip_timings(want)
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_phase_boundary(tiny_argv, strip_timings, tmp_path, monkeypatch):
+    """Interrupted right after a phase ended (KeyboardInterrupt at the start of phase 3)."""
+    from cil_train import loop
+
+    extra = ("--epochs", "2", "--threads", "1", "--method", "ssil", "--ssil-batch-new", "16", "--ssil-batch-memory", "8")
+    reference = tmp_path / "ref"
+    assert main(tiny_argv(reference, *extra)) == 0
+    original = loop.Trainer._run_phase
+
+    def interrupt_at_phase_3(self, t, *args, **kwargs):
+        if t == 2:
+            raise KeyboardInterrupt
+        return original(self, t, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Trainer, "_run_phase", interrupt_at_phase_3)
+    run = tmp_path / "run"
+    assert main(tiny_argv(run, *extra)) == 130
+    monkeypatch.setattr(loop.Trainer, "_run_phase", original)
+    assert main(["--resume", str(run), "--progress", "none"]) == 0
+    assert strip_timings(json.loads((run / "metrics.json").read_text())) == strip_timings(
+        json.loads((reference / "metrics.json").read_text()))
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun_gloo(tiny_argv, tmp_path):
+    out = tmp_path / "ddp"
+    argv = tiny_argv(out, "--phases", "2", "--increments", "2,4", "--epochs", "1", "--method", "icarl",
+                     "--device", "cpu", "--threads", "1")
+    i = argv.index("--phases")
+    del argv[i : i + 2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "cil_train", *argv]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 processes" in done.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["complete"] and len(m["acc_per_phase"]) == 2
+    assert sorted(p.name for p in (out / "memory").glob("*.h5")) == ["after_phase_02.h5"]
+    assert sum(m["memory_per_class"]) == m["phases"][-1]["memory_after"]
