@@ -144,3 +144,16 @@ def test_logit_adjusted_cross_entropy(gen, rand, grad_of, close):
         L.logit_adjusted_cross_entropy(z, y, torch.zeros(3))
     with pytest.raises(LossTypeError, match="targets"):
         L.logit_adjusted_cross_entropy(z, y.double(), per_class)
+
+
+def test_offsets_memo_follows_in_place_changes_of_the_counts(gen, rand, close):
+    z, y = rand(gen, 4, 3), torch.tensor([0, 1, 2, 1])
+    counts = torch.tensor([5.0, 10.0, 20.0])
+    first = L.balanced_softmax_cross_entropy(z, y, counts)
+    close(first, F.cross_entropy(z + counts.double().log(), y))
+    counts[0] = 50.0  # the same tensor object, changed in place: the memo must not serve stale offsets
+    close(L.balanced_softmax_cross_entropy(z, y, counts), F.cross_entropy(z + counts.double().log(), y))
+    close(L.balanced_softmax_cross_entropy(z, y, counts, num_old=1, alpha=0.1),
+          F.cross_entropy(z + torch.tensor([5.0, 10.0, 20.0], dtype=torch.float64).log(), y))
+    with pytest.raises(LossArgumentError, match="class_counts"):
+        L.balanced_softmax_cross_entropy(z, y, [1.0, -1.0, 2.0])

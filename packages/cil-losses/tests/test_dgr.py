@@ -105,3 +105,15 @@ def test_regularized_softmax_offsets():
     assert off[2] == pytest.approx(math.log(1e-12))
     with pytest.raises(LossArgumentError, match="class_counts"):
         L.regularized_softmax_offsets([0.0, 0.0])
+
+
+@pytest.mark.parametrize("H", [0.0, 0.37, 1.0])
+def test_dakd_function_gradcheck(H):
+    from cil_losses.dgr import DAKDFunction
+
+    s = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.rand(4, dtype=torch.float64)
+    h = torch.tensor(H, dtype=torch.float64)
+    upstream = torch.randn(3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: DAKDFunction.apply(a, b, v, h, 2.0) * upstream, (s, t))

@@ -6,6 +6,7 @@ they cost no device synchronisation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -16,16 +17,18 @@ from .errors import LossArgumentError, LossTypeError
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def logits_2d(name: str, value: object) -> torch.Tensor:
-    """Return ``value`` if it is a floating-point tensor of shape ``[B, C]`` with ``C >= 1``."""
+def logits_2d(name: str, value: object, min_columns: int = 1) -> torch.Tensor:
+    """Return ``value`` if it is a floating-point tensor of shape ``[B, C]`` with ``B >= 1``, ``C >= min_columns``."""
     if not isinstance(value, torch.Tensor):
         raise LossTypeError(f"{name} must be a torch.Tensor of shape [B, C], got {type(value).__name__}")
     if not value.is_floating_point():
         raise LossTypeError(f"{name} must have a floating-point dtype, got {value.dtype}")
     if value.dim() != 2:
         raise LossArgumentError(f"{name} must have shape [B, C] (2 dimensions), got shape {tuple(value.shape)}")
-    if value.shape[1] < 1:
-        raise LossArgumentError(f"{name} must have at least one class column, got shape {tuple(value.shape)}")
+    if value.shape[0] < 1:
+        raise LossArgumentError(f"{name} must hold at least one sample, got shape {tuple(value.shape)}")
+    if value.shape[1] < min_columns:
+        raise LossArgumentError(f"{name} must have at least {min_columns} class column(s), got shape {tuple(value.shape)}")
     return value
 
 
@@ -132,3 +135,15 @@ def as_float_vector(name: str, value: object, length: int, like: torch.Tensor) -
             f"{name} must have one entry per class ({length}), got shape {tuple(out.shape)}"
         )
     return out
+
+
+def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(1)`` for ``[B, C]`` tensors in one pass (batched dot product, no temporary)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
+
+
+def autocast_off(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context that disables autocast for ``t``'s device type (losses compute in float32/64 themselves)."""
+    if torch.amp.is_autocast_available(t.device.type):
+        return torch.autocast(t.device.type, enabled=False)
+    return contextlib.nullcontext()

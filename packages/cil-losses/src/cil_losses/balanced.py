@@ -6,6 +6,8 @@ BalancedS-CE: ``q_k = λ_k e^{z_k} / Σ_j λ_j e^{z_j}``, loss ``-log q_y``, i.e
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -54,6 +56,10 @@ def logit_adjusted_cross_entropy(
         raise LossArgumentError(
             f"offsets must have shape [{logits.shape[1]}] or {list(logits.shape)}, got {list(offsets.shape)}"
         )
+    return _shifted_cross_entropy(logits, targets, offsets, how)
+
+
+def _shifted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor, how: str) -> torch.Tensor:
     z = _checks.upcast(logits)
     return F.cross_entropy(z + offsets.to(z.dtype), targets, reduction=how)
 
@@ -170,15 +176,55 @@ def balanced_softmax_cross_entropy(
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
     """
     logits = _checks.logits_2d("logits", logits)
-    offsets = balanced_softmax_offsets(
-        class_counts, num_old, alpha, eps, min_lambda=min_lambda,
-        dtype=_checks.compute_dtype(logits), device=logits.device,
-    )
+    targets = _checks.targets_1d("targets", targets, logits.shape[0])
+    how = _checks.reduction(reduction)
+    offsets = _offsets_for_step(class_counts, num_old, alpha, eps, min_lambda,
+                                _checks.compute_dtype(logits), logits.device)
     if offsets.shape[0] != logits.shape[1]:
         raise LossArgumentError(
             f"class_counts must have one entry per logit column ({logits.shape[1]}), got {offsets.shape[0]}"
         )
-    return logit_adjusted_cross_entropy(logits, targets, offsets, reduction)
+    return _shifted_cross_entropy(logits, targets, offsets, how)
+
+
+_CACHE_SIZE = 8
+_offset_cache: OrderedDict[tuple, tuple[object, torch.Tensor]] = OrderedDict()
+
+
+def _offsets_for_step(class_counts, num_old, alpha, eps, min_lambda, dtype, device) -> torch.Tensor:
+    """:func:`balanced_softmax_offsets`, memoised for the repeated calls of a training loop.
+
+    The counts are the same object for a whole phase; recomputing (and re-validating, which reads the
+    counts on the host) ``log λ`` every step would cost more than the loss. The key holds the identity
+    and version counter of a counts tensor (an in-place change invalidates it) or the values of a
+    sequence. A tensor ``alpha`` (learned, with a graph) is never cached. Internal: the cached tensor
+    is only ever read.
+    """
+    key: tuple | None = None
+    anchor: object = None
+    if not isinstance(alpha, torch.Tensor):
+        common = (num_old, alpha, eps, min_lambda, dtype, device)
+        if isinstance(class_counts, torch.Tensor):
+            if not class_counts.requires_grad:
+                key = ("tensor", id(class_counts), class_counts._version, *common)
+                anchor = weakref.ref(class_counts)
+        else:
+            try:
+                key = ("values", tuple(float(c) for c in class_counts), *common)
+            except (TypeError, ValueError):
+                key = None
+    if key is not None:
+        hit = _offset_cache.get(key)
+        if hit is not None and (hit[0] is None or hit[0]() is class_counts):
+            _offset_cache.move_to_end(key)
+            return hit[1]
+    offsets = balanced_softmax_offsets(class_counts, num_old, alpha, eps, min_lambda=min_lambda,
+                                       dtype=dtype, device=device)
+    if key is not None:
+        _offset_cache[key] = (anchor, offsets)
+        while len(_offset_cache) > _CACHE_SIZE:
+            _offset_cache.popitem(last=False)
+    return offsets
 
 
 def relaxed_eps_default(mean_class_count: float) -> float:

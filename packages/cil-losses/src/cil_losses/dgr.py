@@ -19,9 +19,9 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import _checks
-from .distillation import kd_loss
 from .errors import LossArgumentError
 
 __all__ = [
@@ -154,6 +154,47 @@ def _lost_counts(value: object, num_old: int, like: torch.Tensor) -> torch.Tenso
     return lost
 
 
+class DAKDFunction(torch.autograd.Function):
+    """Per-sample DAKD, fused: ``out_i = −Σ_c q_ic·(H·log p_ic + (1−H)·log a_ic)``.
+
+    ``p = softmax(z/T)``, ``a = softmax(z̃/T)`` with ``z̃ = v⊙z + (1−v)⊙ẑ``, ``q = softmax(ẑ/T)``. With ``w = H·log p + (1−H)·log a``:
+
+    * ``∂out_i/∂z = (1/T)·[H·(p − q) + (1−H)·v⊙(a − q)]``;
+    * ``∂out_i/∂ẑ = (1/T)·[−q⊙(w − ⟨q, w⟩) + (1−H)·(1−v)⊙(a − q)]``.
+
+    ``v`` (``[C_old]``) and ``H`` (0-d) are constants.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, v, H, T: float):  # type: ignore[override]
+        with _checks.autocast_off(student):
+            s = student / T
+            t = teacher.to(s.dtype) / T
+            log_p = torch.log_softmax(s, dim=1)
+            adjusted = torch.sub(s, t, out=s).mul_(v).add_(t)          # (v⊙z + (1−v)⊙ẑ) / T, in s's buffer
+            log_a = torch.log_softmax(adjusted, dim=1)
+            q = torch.softmax(t, dim=1)
+            mixed = torch.lerp(log_a, log_p, H)                         # H·log p + (1−H)·log a
+            per_sample = -_checks.row_dot(q, mixed)
+        ctx.save_for_backward(log_p, log_a, q, v, H, mixed if ctx.needs_input_grad[1] else None)
+        ctx.T = T
+        return per_sample
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        log_p, log_a, q, v, H, mixed = ctx.saved_tensors
+        coef = (grad_out.to(log_p.dtype) / ctx.T).unsqueeze(1)
+        a_minus_q = log_a.exp().sub_(q)
+        grad_student = grad_teacher = None
+        if ctx.needs_input_grad[0]:
+            grad_student = torch.lerp(a_minus_q * v, log_p.exp().sub_(q), H).mul_(coef)
+        if ctx.needs_input_grad[1]:
+            centred = mixed - _checks.row_dot(q, mixed).unsqueeze(1)
+            grad_teacher = ((1.0 - H) * (1.0 - v) * a_minus_q - q * centred).mul_(coef)
+        return grad_student, grad_teacher, None, None, None
+
+
 def dakd_loss(
     student_old_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -198,9 +239,6 @@ def dakd_loss(
         H = torch.where(some_lost, entropy.clamp(0.0, 1.0), 1.0)
     else:
         H = torch.ones((), dtype=lost.dtype, device=lost.device)
-    s = _checks.upcast(student)
-    t = _checks.upcast(teacher).to(s.dtype)
-    adjusted = v * s + (1.0 - v) * t
-    plain = kd_loss(s, t, T, reduction="none")
-    shifted = kd_loss(adjusted, t, T, reduction="none")
-    return _checks.reduce(H * plain + (1.0 - H) * shifted, how)
+    T = _checks.temperature("T", T)
+    per_sample = DAKDFunction.apply(_checks.upcast(student), teacher, v.to(lost.dtype), H.to(lost.dtype), T)
+    return _checks.reduce(per_sample, how)

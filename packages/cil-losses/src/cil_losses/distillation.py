@@ -18,8 +18,8 @@ __all__ = ["kd_loss", "output_coordination_kd", "segmented_kd", "task_wise_kd"]
 
 
 def _pair(student: object, teacher: object) -> tuple[torch.Tensor, torch.Tensor]:
-    student = _checks.logits_2d("student_logits", student)
-    teacher = _checks.logits_2d("teacher_logits", teacher)
+    student = _checks.logits_2d("student_logits", student, min_columns=0)
+    teacher = _checks.logits_2d("teacher_logits", teacher, min_columns=0)
     _checks.same_batch("student_logits", student, "teacher_logits", teacher)
     return student, teacher
 
@@ -49,6 +49,8 @@ def kd_loss(
         reduction: ``"mean"`` over the batch (default), ``"sum"`` or ``"none"`` (``[B]``).
     """
     student_logits, teacher_logits = _pair(student_logits, teacher_logits)
+    if student_logits.shape[1] < 1:
+        raise LossArgumentError("student_logits must have at least one class column (the distilled classes)")
     if student_logits.shape != teacher_logits.shape:
         raise LossArgumentError(
             f"student_logits and teacher_logits must have the same shape (slice the student's columns), "
@@ -71,29 +73,43 @@ class SegmentedKDFunction(torch.autograd.Function):
     ``p̂ = softmax_seg(ẑ/T)``, ``h = log p̂`` (KL, ``kl=True``) or ``0`` (soft-target CE).
 
     Gradients: ``∂/∂z = (scale/T)·(p − p̂)`` (each slice of ``p̂`` sums to 1), and for the teacher
-    ``∂/∂ẑ = (scale/T)·p̂·(u − segsum(p̂·u))`` with ``u = h − log p``.
+    ``∂/∂ẑ = (scale/T)·p̂·(u − segsum(p̂·u))`` with ``u = h − log p``. The forward keeps ``log p`` and
+    ``p̂`` so that the student's backward is three in-place passes.
     """
 
     @staticmethod
     def forward(ctx, student, teacher, plan: SegmentPlan, T: float, scale: float, kl: bool):  # type: ignore[override]
+        with _checks.autocast_off(student):
+            return SegmentedKDFunction._forward(ctx, student, teacher, plan, T, scale, kl)
+
+    @staticmethod
+    def _forward(ctx, student, teacher, plan: SegmentPlan, T: float, scale: float, kl: bool):
         dtype = torch.promote_types(_checks.compute_dtype(student), _checks.compute_dtype(teacher))
         log_p = plan.log_softmax(student.to(dtype) / T)
-        log_q = plan.log_softmax(teacher.to(dtype) / T)
-        q = log_q.exp()
-        per_sample = (q * ((log_q - log_p) if kl else -log_p)).sum(dim=1) * scale
-        ctx.save_for_backward(log_p, log_q)
+        teacher_scaled = teacher.to(dtype) / T          # a fresh buffer, reused below
+        teacher_grad = ctx.needs_input_grad[1]
+        if kl or teacher_grad:
+            log_q = plan.log_softmax(teacher_scaled)
+            q = torch.exp(log_q, out=teacher_scaled)
+        else:
+            log_q, q = None, plan.softmax(teacher_scaled)
+        if kl:
+            diff = (log_q - log_p) if teacher_grad else log_q.sub_(log_p)
+            per_sample = _checks.row_dot(q, diff)
+        else:
+            per_sample = -_checks.row_dot(q, log_p)
+        ctx.save_for_backward(log_p, q, log_q if teacher_grad else None)
         ctx.plan, ctx.T, ctx.scale, ctx.kl = plan, T, scale, kl
-        return per_sample
+        return per_sample * scale
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        log_p, log_q = ctx.saved_tensors
+        log_p, q, log_q = ctx.saved_tensors
         coef = (grad_out.to(log_p.dtype) * (ctx.scale / ctx.T)).unsqueeze(1)
-        q = log_q.exp()
         grad_student = grad_teacher = None
         if ctx.needs_input_grad[0]:
-            grad_student = coef * (log_p.exp() - q)
+            grad_student = log_p.exp().sub_(q).mul_(coef)
         if ctx.needs_input_grad[1]:
             u = (log_q - log_p) if ctx.kl else -log_p
             qu = q * u

@@ -117,6 +117,21 @@ class SegmentPlan:
         out = torch.log_softmax(padded.view(batch, self.num_segments, self.max_length), dim=-1)
         return out.view(batch, -1).index_select(1, scatter_back)
 
+    def softmax(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-slice ``softmax`` of ``x[:, :num_columns]`` (no autograd bookkeeping of its own)."""
+        batch = x.shape[0]
+        if not self.padded:
+            parts = [
+                torch.softmax(x[:, start : start + count * length].reshape(batch, count, length), dim=-1)
+                .reshape(batch, count * length)
+                for start, count, length in self.runs
+            ]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        gather, scatter_back, _ = self._indices(x.device)
+        padded = F.pad(x[:, : self.num_columns], (0, 1), value=float("-inf")).index_select(1, gather)
+        out = torch.softmax(padded.view(batch, self.num_segments, self.max_length), dim=-1)
+        return out.view(batch, -1).index_select(1, scatter_back)
+
     def segment_sum(self, g: torch.Tensor) -> torch.Tensor:
         """``[B, C]`` tensor whose column ``c`` holds the sum of ``g`` over the slice containing ``c``."""
         batch = g.shape[0]

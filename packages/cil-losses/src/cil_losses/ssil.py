@@ -59,7 +59,22 @@ def separated_softmax_cross_entropy(
                 f"targets do not match is_replay for num_old={num_old}: new samples need targets in "
                 f"[{num_old}, {num_classes}), replayed samples targets in [0, {num_old})"
             )
-    column_is_old = torch.arange(num_classes, device=z.device) < num_old
-    keep = column_is_old.unsqueeze(0) == is_replay.unsqueeze(1)
-    masked = z.masked_fill(~keep, float("-inf"))
-    return F.cross_entropy(masked, targets, reduction=how)
+    return F.cross_entropy(_mask_other_group(z, num_old, is_replay), targets, reduction=how)
+
+
+def _mask_other_group(z: torch.Tensor, num_old: int, is_replay: torch.Tensor) -> torch.Tensor:
+    """``z`` with each sample's other group of columns pushed to a huge negative value.
+
+    One ``addmm``: ``z + R @ M`` with ``R = [is_replay, ~is_replay]`` (``[B, 2]``) and ``M`` holding
+    ``−big`` on the new columns (row 0) and on the old columns (row 1). ``big = finfo.max / 16`` keeps
+    everything finite (``0·(−inf)`` would be NaN) while ``exp(z − big − max)`` is exactly 0, so the
+    softmax over the kept group is exact and the masked columns get exactly zero gradient.
+    """
+    num_classes = z.shape[1]
+    big = torch.finfo(z.dtype).max / 16
+    selector = torch.stack([is_replay, ~is_replay], dim=1).to(z.dtype)
+    penalty = torch.zeros(2, num_classes, dtype=z.dtype, device=z.device)
+    penalty[0, num_old:] = -big
+    penalty[1, :num_old] = -big
+    with _checks.autocast_off(z):
+        return torch.addmm(z, selector, penalty)
