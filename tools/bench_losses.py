@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import random
 import statistics
 import sys
 import time
@@ -46,18 +47,29 @@ def _references():
     return module
 
 
-def race(candidates: dict[str, Callable[[], object]], repeats: int, inner: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each candidate, timed round-robin."""
-    for fn in candidates.values():
-        for _ in range(warmup):
-            fn()
+def race(candidates: dict[str, Callable[[], object]], repeats: int, target_s: float = 0.005) -> dict[str, float]:
+    """Median seconds per call of each candidate, timed round-robin (in a shuffled order each round).
+
+    After two warm-up calls, each candidate is called ``inner`` times per round, with ``inner`` chosen
+    so that a round lasts about ``target_s`` (short calls are averaged over many repetitions).
+    """
+    inner: dict[str, int] = {}
+    for name, fn in candidates.items():
+        fn()
+        start = time.perf_counter()
+        fn()
+        once = max(time.perf_counter() - start, 1e-7)
+        inner[name] = max(1, min(200, round(target_s / once)))
     samples: dict[str, list[float]] = {name: [] for name in candidates}
+    order = list(candidates.items())
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for name, fn in candidates.items():
+        shuffle(order)  # no candidate always runs right after the same neighbour
+        for name, fn in order:
             start = time.perf_counter()
-            for _ in range(inner):
+            for _ in range(inner[name]):
                 fn()
-            samples[name].append((time.perf_counter() - start) / inner)
+            samples[name].append((time.perf_counter() - start) / inner[name])
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -69,7 +81,7 @@ def _fwd_bwd(loss_fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -
 
 
 # --------------------------------------------------------------------------- 1. each loss vs CE
-def bench_losses(batch: int, classes: int, tasks: int, repeats: int, inner: int) -> list[dict]:
+def bench_losses(batch: int, classes: int, tasks: int, repeats: int, target_s: float) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     num_old = classes // 2
     boundaries = list(range(0, num_old + 1, max(1, num_old // tasks)))[: tasks + 1]
@@ -98,13 +110,13 @@ def bench_losses(batch: int, classes: int, tasks: int, repeats: int, inner: int)
         "jioc_loss": lambda x: L.jioc_loss(x, y, teacher, boundaries, is_replay),
         "dakd_loss": lambda x: L.dakd_loss(x[:, :num_old], teacher, lost),
     }
-    times = race({name: _fwd_bwd(fn, z) for name, fn in candidates.items()}, repeats, inner)
+    times = race({name: _fwd_bwd(fn, z) for name, fn in candidates.items()}, repeats, target_s)
     base = times["cross_entropy (reference)"]
     return [{"loss": name, "classes": classes, "seconds": t, "ratio_to_ce": t / base} for name, t in times.items()]
 
 
 # --------------------------------------------------------------------------- 2. fused vs looped task-wise KD
-def bench_task_wise_kd(batch: int, classes: int, tasks: int, repeats: int, inner: int, ref) -> dict:
+def bench_task_wise_kd(batch: int, classes: int, tasks: int, repeats: int, target_s: float, ref) -> dict:
     g = torch.Generator().manual_seed(1)
     width = classes // tasks
     boundaries = [s * width for s in range(tasks + 1)]
@@ -113,19 +125,18 @@ def bench_task_wise_kd(batch: int, classes: int, tasks: int, repeats: int, inner
     times = race({
         "loop": _fwd_bwd(lambda x: ref.task_wise_kd_loop_fast(x, teacher, boundaries), z),
         "fused": _fwd_bwd(lambda x: L.task_wise_kd(x, teacher, boundaries), z),
-    }, repeats, inner)
+    }, repeats, target_s)
     return {"classes": classes, "tasks": tasks, "loop_s": times["loop"], "fused_s": times["fused"],
             "speedup": times["loop"] / times["fused"]}
 
 
 # --------------------------------------------------------------------------- 3. vectorised vs per-row DGR step
-def bench_dgr(batch: int, classes: int, dim: int, repeats: int, inner: int, ref, losses_kind: str = "dakd") -> dict:
+def bench_dgr(batch: int, classes: int, dim: int, repeats: int, target_s: float, ref, losses_kind: str = "dakd") -> dict:
     """One training step of the classifier: forward, losses, backward with the reweighted FC gradients.
 
     ``losses_kind="dakd"``: the real DGR losses (CE with log-prior offsets + λ_KD·T²·DAKD), whose cost
-    both sides share. ``"linear"``: surrogate losses ``Σ z⊙A`` with fixed random ``A`` (their gradient
-    is free), which isolates what is vectorised: the row-gradient norms, Φ, the ratios and the FC
-    gradient rewrite.
+    both sides share. ``"linear"``: surrogate losses ``Σ z⊙A`` with fixed random ``A`` (nearly free), so
+    that the classifier layer's matrix products and the reweighting dominate.
     """
     g = torch.Generator().manual_seed(2)
     num_blocks = 10
@@ -169,12 +180,57 @@ def bench_dgr(batch: int, classes: int, dim: int, repeats: int, inner: int, ref,
         clear()
         ref.reference_dgr_step(h, weights, biases, lambda z: losses(z, z), phi=phi, num_old=num_old, gamma=gamma)
 
-    times = race({"per_row": per_row, "vectorised": vectorised}, repeats, inner)
+    times = race({"per_row": per_row, "vectorised": vectorised}, repeats, target_s)
     return {"classes": classes, "feature_dim": dim, "losses": losses_kind, "per_row_s": times["per_row"],
             "vectorised_s": times["vectorised"], "speedup": times["per_row"] / times["vectorised"]}
 
 
+def bench_dgr_rewrite(classes: int, dim: int, repeats: int, target_s: float, ref) -> dict:
+    """Only the part that is vectorised: given this step's CE/KD row gradients, update Φ, compute the
+    ratios and write every FC row's gradient (per-row loop vs :meth:`GradientReweighter.reweight_row_gradients`)."""
+    g = torch.Generator().manual_seed(3)
+    num_blocks = 10
+    sizes = [classes // num_blocks] * num_blocks
+    num_old = sum(sizes[:-1])
+    weights = [torch.zeros(n, dim, requires_grad=True) for n in sizes]
+    biases = [torch.zeros(n, requires_grad=True) for n in sizes]
+    ce_w = [torch.randn(n, dim, generator=g) for n in sizes]
+    ce_b = [torch.randn(n, generator=g) for n in sizes]
+    kd_w = [torch.randn(n, dim, generator=g) for n in sizes[:-1]] + [torch.zeros(sizes[-1], dim)]
+    kd_b = [torch.randn(n, generator=g) for n in sizes[:-1]] + [torch.zeros(sizes[-1])]
+    ce_rows, ce_bias = torch.cat(ce_w), torch.cat(ce_b)          # the layer's backward has them as one tensor
+    kd_rows, kd_bias = torch.cat(kd_w)[:num_old], torch.cat(kd_b)[:num_old]
+    n_seen, n_new = 20.0 * num_old, 100.0 * sizes[-1]
+    gamma = L.dgr_attenuation_gamma(n_seen, n_new)
+    reweighter = L.GradientReweighter(phi_dtype=torch.float32)
+    reweighter.start_phase(classes, num_old, n_seen, n_new)
+    phi = [0.0] * classes
+    for p in (*weights, *biases):
+        p.grad = torch.zeros_like(p)
+
+    def per_row() -> None:
+        ref.reference_dgr_rewrite(weights, biases, ce_w, ce_b, kd_w, kd_b, phi=phi, num_old=num_old, gamma=gamma)
+
+    def vectorised() -> None:
+        grad_w, grad_b = reweighter.reweight_row_gradients(ce_rows, ce_bias, kd_rows, kd_bias)
+        for p, gw in zip(weights, grad_w.split(sizes)):
+            p.grad = gw
+        for p, gb in zip(biases, grad_b.split(sizes)):
+            p.grad = gb
+
+    times = race({"per_row": per_row, "vectorised": vectorised}, repeats, target_s)
+    return {"classes": classes, "feature_dim": dim, "losses": "rewrite", "per_row_s": times["per_row"],
+            "vectorised_s": times["vectorised"], "speedup": times["per_row"] / times["vectorised"]}
+
+
 # --------------------------------------------------------------------------- report
+LEVELS = {
+    "dakd": "full step, CE + DAKD",
+    "linear": "full step, linear losses",
+    "rewrite": "FC gradient rewrite only",
+}
+
+
 def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print(f"\n{title}")
@@ -192,22 +248,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 50], help="task counts for fused vs loop KD")
     parser.add_argument("--feature-dim", type=int, default=64, help="feature size of the DGR classifier")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15, help="rounds per comparison (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier ratios)")
     args = parser.parse_args(argv)
     if args.quick:
         args.classes, args.tasks, args.repeats = [100], [10], 3
     torch.set_num_threads(args.threads)
     ref = _references()
-    inner = 1 if args.quick else 3
+    target = 0.001 if args.quick else 0.005
 
-    loss_rows = [r for c in args.classes for r in bench_losses(args.batch, c, 10, args.repeats, inner)]
-    kd_rows = [bench_task_wise_kd(args.batch, c, t, args.repeats, inner, ref) for c in args.classes for t in args.tasks]
-    dgr_rows = [bench_dgr(args.batch, c, args.feature_dim, max(3, args.repeats // 2), 1, ref, kind)
+    loss_rows = [r for c in args.classes for r in bench_losses(args.batch, c, 10, args.repeats, target)]
+    kd_rows = [bench_task_wise_kd(args.batch, c, t, args.repeats, target, ref) for c in args.classes for t in args.tasks]
+    dgr_rows = [bench_dgr(args.batch, c, args.feature_dim, args.repeats, target, ref, kind)
                 for kind in ("dakd", "linear") for c in args.classes]
+    dgr_rows += [bench_dgr_rewrite(c, args.feature_dim, args.repeats, target, ref) for c in args.classes]
 
     print(f"cil-losses on CPU, torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, "
-          f"forward+backward, median of {args.repeats} rounds")
+          f"forward+backward, median of {args.repeats} round-robin rounds")
     by_loss: dict[str, dict[int, float]] = {}
     for r in loss_rows:
         by_loss.setdefault(r["loss"], {})[r["classes"]] = r["ratio_to_ce"]
@@ -220,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{r['speedup']:.1f}x"] for r in kd_rows])
     _print_table(f"3. DGR classifier step (10 parameter blocks, D={args.feature_dim}): per-row reference vs vectorised",
                  ["losses", "C", "per-row ms", "vectorised ms", "speed-up"],
-                 [[{"dakd": "CE + DAKD", "linear": "linear (reweighting only)"}[r["losses"]], str(r["classes"]),
+                 [[LEVELS[r["losses"]], str(r["classes"]),
                    f"{r['per_row_s'] * 1e3:.2f}", f"{r['vectorised_s'] * 1e3:.3f}", f"{r['speedup']:.1f}x"]
                   for r in dgr_rows])
 
@@ -230,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     kd50 = [r for r in kd_rows if r["tasks"] == 50]
     if kd50:
         goals.append(("fused task-wise KD >= 3x loop at 50 tasks", all(r["speedup"] >= 3 for r in kd50)))
-    for kind, label in (("dakd", "CE + DAKD step"), ("linear", "reweighting only")):
+    for kind, label in LEVELS.items():
         rows = [r for r in dgr_rows if r["classes"] == 1000 and r["losses"] == kind]
         if rows:
             goals.append((f"vectorised DGR >= 10x per-row at C=1000 ({label})", all(r["speedup"] >= 10 for r in rows)))

@@ -163,9 +163,8 @@ def reference_dgr_step(features, weight_blocks, bias_blocks, loss_fn, *, phi, nu
     """The per-row reference procedure of DGR (METHODS.md §4), in the authors' order.
 
     ``z = features @ cat(W).T + cat(b)``; ``loss_ce, loss_kd = loss_fn(z)`` (``loss_kd`` None in phase 0);
-    CE (and KD) row gradients by separate ``autograd.grad`` calls; ``Φ += g``; ratios with Python
-    loops; ``(loss_ce + loss_kd).backward()``; then every FC row's and bias entry's ``.grad`` is
-    overwritten with the reweighted CE and KD row gradients, one row at a time.
+    CE (and KD) row gradients by separate ``autograd.grad`` calls; ``(loss_ce + loss_kd).backward()``;
+    then :func:`reference_dgr_rewrite` overwrites every FC row's and bias entry's ``.grad``.
 
     ``phi`` is a list of floats updated in place. Returns ``(weights, beta)``.
     """
@@ -175,6 +174,25 @@ def reference_dgr_step(features, weight_blocks, bias_blocks, loss_fn, *, phi, nu
     loss_ce, loss_kd = loss_fn(z)
     ce_w = torch.autograd.grad(loss_ce, weight_blocks, retain_graph=True)
     ce_b = torch.autograd.grad(loss_ce, bias_blocks, retain_graph=True)
+    kd_w = kd_b = None
+    if num_old > 0 and loss_kd is not None:
+        kd_w = torch.autograd.grad(loss_kd, weight_blocks, retain_graph=True, allow_unused=True)
+        kd_b = torch.autograd.grad(loss_kd, bias_blocks, retain_graph=True, allow_unused=True)
+        kd_w = [torch.zeros_like(w) if g is None else g for w, g in zip(weight_blocks, kd_w)]
+        kd_b = [torch.zeros_like(b) if g is None else g for b, g in zip(bias_blocks, kd_b)]
+        total = loss_ce + loss_kd
+    else:
+        total = loss_ce
+    total.backward()
+    return reference_dgr_rewrite(weight_blocks, bias_blocks, ce_w, ce_b, kd_w, kd_b, phi=phi, num_old=num_old,
+                                 gamma=gamma, decoupled=decoupled, class_balance=class_balance,
+                                 task_balance=task_balance, loss_balance=loss_balance)
+
+
+def reference_dgr_rewrite(weight_blocks, bias_blocks, ce_w, ce_b, kd_w, kd_b, *, phi, num_old, gamma,
+                          decoupled=True, class_balance=True, task_balance=True, loss_balance=True):
+    """Given per-block CE (and KD, or None) gradients: ``Φ += g``, the ratios with Python loops, then
+    every row's ``.grad`` (which must exist) is overwritten, one row at a time. Returns ``(weights, beta)``."""
     ce_rows = [row for block in ce_w for row in block]
     ce_bias = [v for block in ce_b for v in block]
     ce_norms = [float(torch.linalg.vector_norm(row.double())) for row in ce_rows]
@@ -182,21 +200,13 @@ def reference_dgr_step(features, weight_blocks, bias_blocks, loss_fn, *, phi, nu
         phi[c] += ce_norms[c]
     weights = class_weights(phi, num_old, gamma, decoupled, class_balance, task_balance)
     beta = None
-    if num_old > 0 and loss_kd is not None:
-        kd_w = torch.autograd.grad(loss_kd, weight_blocks, retain_graph=True, allow_unused=True)
-        kd_b = torch.autograd.grad(loss_kd, bias_blocks, retain_graph=True, allow_unused=True)
-        kd_w = [torch.zeros_like(w) if g is None else g for w, g in zip(weight_blocks, kd_w)]
-        kd_b = [torch.zeros_like(b) if g is None else g for b, g in zip(bias_blocks, kd_b)]
+    if kd_w is not None:
         kd_rows = [row for block in kd_w for row in block]
         kd_bias = [v for block in kd_b for v in block]
         kd_norms = [float(torch.linalg.vector_norm(kd_rows[c].double())) for c in range(num_old)]
         num = math.sqrt(sum((weights[c] * ce_norms[c]) ** 2 for c in range(len(phi))))
         den = math.sqrt(sum(v * v for v in kd_norms))
         beta = (num / den if den > 0 else 1.0) if loss_balance else 1.0
-        total = loss_ce + loss_kd
-    else:
-        total = loss_ce
-    total.backward()
     c = 0
     for w_block, b_block in zip(weight_blocks, bias_blocks):
         for j in range(w_block.shape[0]):

@@ -207,3 +207,29 @@ def test_log_prior_offsets_and_state_dict(gen):
     assert (restored.num_classes, restored.num_old, restored.gamma) == (5, 3, rw.gamma)
     rw.start_phase(7, 5, 500, 100)
     assert rw.phi.shape == (7,) and torch.all(rw.phi == 0)
+
+
+@pytest.mark.parametrize("with_kd", [True, False])
+def test_reweight_row_gradients_matches_the_reference_rewrite(with_kd, gen, ref):
+    sizes, num_old = BLOCKS, 7
+    rw = L.GradientReweighter()
+    rw.start_phase(9, num_old, 300, 100)
+    phi = [0.0] * 9
+    blocks_w = [torch.zeros(n, D, dtype=torch.float64, requires_grad=True) for n in sizes]
+    blocks_b = [torch.zeros(n, dtype=torch.float64, requires_grad=True) for n in sizes]
+    for _ in range(2):
+        ce_w = [torch.randn(n, D, generator=gen, dtype=torch.float64) for n in sizes]
+        ce_b = [torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes]
+        kd_w = [torch.randn(n, D, generator=gen, dtype=torch.float64) for n in sizes[:2]] + [torch.zeros(2, D)]
+        kd_b = [torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes[:2]] + [torch.zeros(2)]
+        for p in (*blocks_w, *blocks_b):
+            p.grad = torch.zeros_like(p)
+        ref.reference_dgr_rewrite(blocks_w, blocks_b, ce_w, ce_b, kd_w if with_kd else None,
+                                  kd_b if with_kd else None, phi=phi, num_old=num_old, gamma=rw.gamma)
+        grad_w, grad_b = rw.reweight_row_gradients(
+            torch.cat(ce_w), torch.cat(ce_b),
+            torch.cat(kd_w)[:num_old].double() if with_kd else None, torch.cat(kd_b)[:num_old].double() if with_kd else None,
+        )
+        torch.testing.assert_close(grad_w, torch.cat([p.grad for p in blocks_w]), atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(grad_b, torch.cat([p.grad for p in blocks_b]), atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(rw.phi, torch.tensor(phi, dtype=torch.float64), atol=ATOL, rtol=RTOL)

@@ -61,7 +61,9 @@ def logit_adjusted_cross_entropy(
 
 def _shifted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor, how: str) -> torch.Tensor:
     z = _checks.upcast(logits)
-    return F.cross_entropy(z + offsets.to(z.dtype), targets, reduction=how)
+    if offsets.dtype != z.dtype:
+        offsets = offsets.to(z.dtype)
+    return F.cross_entropy(z + offsets, targets, reduction=how)
 
 
 def _counts_tensor(class_counts: Counts, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:

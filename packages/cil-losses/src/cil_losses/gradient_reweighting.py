@@ -37,37 +37,16 @@ def _backward(ctx, grad_ce: torch.Tensor | None, grad_kd: torch.Tensor | None):
     if grad_ce is None:
         grad_ce = torch.zeros(features.shape[0], weight.shape[0], dtype=dtype, device=features.device)
     grad_total = grad_ce if grad_kd is None else grad_ce + grad_kd
-
     grad_features = grad_total.mm(weight) if ctx.needs_input_grad[0] else None
 
     ce_rows = grad_ce.t().mm(features).to(dtype)                     # ∂L_CE/∂W, [C, D]
     ce_bias = grad_ce.sum(dim=0).to(dtype)                           # ∂L_CE/∂b, [C]
-    ce_norms = torch.linalg.vector_norm(ce_rows, dim=1)              # g_c
-    module.phi.add_(ce_norms.to(module.phi.dtype))                   # Φ_c += g_c (before the ratios)
-    weights = dgr_class_weights(
-        module.phi, num_old, module.gamma, decoupled=module.decoupled,
-        class_balance=module.class_balance, task_balance=module.task_balance,
-    ).to(dtype)
-    grad_weight = ce_rows * weights.unsqueeze(1)
-    grad_bias = ce_bias * weights
-    beta = kd_norms = None
-    if num_old > 0:
-        if grad_kd is not None:
-            kd_logits = grad_kd[:, :num_old]
-            kd_rows = kd_logits.t().mm(features).to(dtype)               # ∂L_KD/∂W_old, [C_old, D]
-            kd_bias = kd_logits.sum(dim=0).to(dtype)
-            kd_norms = torch.linalg.vector_norm(kd_rows, dim=1)
-        else:
-            kd_rows = kd_bias = None
-            kd_norms = ce_norms.new_zeros(num_old)
-        if module.loss_balance:
-            beta = dgr_loss_balance(weights, ce_norms, kd_norms)
-        else:
-            beta = torch.ones((), dtype=dtype, device=ce_norms.device)
-        if kd_rows is not None:
-            grad_weight[:num_old].add_(kd_rows * beta)
-            grad_bias[:num_old].add_(kd_bias * beta)
-    module._record(weights, beta, ce_norms, kd_norms)
+    kd_rows = kd_bias = None
+    if num_old > 0 and grad_kd is not None:
+        kd_logits = grad_kd[:, :num_old]
+        kd_rows = kd_logits.t().mm(features).to(dtype)               # ∂L_KD/∂W_old, [C_old, D]
+        kd_bias = kd_logits.sum(dim=0).to(dtype)
+    grad_weight, grad_bias = module.reweight_row_gradients(ce_rows, ce_bias, kd_rows, kd_bias)
     return (
         grad_features,
         grad_weight if ctx.needs_input_grad[1] else None,
@@ -232,6 +211,53 @@ class GradientReweighter(torch.nn.Module):
             logits = F.linear(features, weight, bias)
             return logits, logits
         return _function_for(features.device.type).apply(features, weight, bias, self)
+
+    def reweight_row_gradients(
+        self,
+        ce_rows: torch.Tensor,
+        ce_bias: torch.Tensor,
+        kd_rows: torch.Tensor | None = None,
+        kd_bias: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of METHODS.md §4 on given FC gradients: update ``Φ``, return the reweighted gradients.
+
+        This is what the layer's backward does after computing the row gradients; it is public for
+        classifiers that do not go through :meth:`forward` (e.g. gradients from ``torch.autograd.grad``).
+
+        Args:
+            ce_rows: ``[C, D]`` ``∂L_CE/∂W``; ``ce_bias``: ``[C]`` ``∂L_CE/∂b``.
+            kd_rows: ``[C_old, D]`` ``∂L_KD/∂W`` of the old rows (``None``: no KD this step).
+            kd_bias: ``[C_old]`` ``∂L_KD/∂b`` of the old rows.
+
+        Returns:
+            ``(grad_weight [C, D], grad_bias [C])``: ``w_c·∇L_CE + β·∇L_KD`` (old rows), ``w_c·∇L_CE``
+            (new rows); in phase 0 ``α_c·∇L_CE``.
+        """
+        num_old = self.num_old
+        ce_norms = torch.linalg.vector_norm(ce_rows, dim=1)                    # g_c
+        self.phi.add_(ce_norms.to(self.phi.dtype))                             # Φ_c += g_c (before the ratios)
+        weights = dgr_class_weights(
+            self.phi, num_old, self.gamma, decoupled=self.decoupled,
+            class_balance=self.class_balance, task_balance=self.task_balance,
+        ).to(ce_rows.dtype)
+        grad_weight = ce_rows * weights.unsqueeze(1)
+        grad_bias = ce_bias * weights
+        beta = kd_norms = None
+        if num_old > 0:
+            if kd_rows is not None:
+                kd_norms = torch.linalg.vector_norm(kd_rows, dim=1)
+            else:
+                kd_norms = ce_norms.new_zeros(num_old)
+            if self.loss_balance:
+                beta = dgr_loss_balance(weights, ce_norms, kd_norms)
+            else:
+                beta = torch.ones((), dtype=ce_rows.dtype, device=ce_rows.device)
+            if kd_rows is not None:
+                grad_weight[:num_old].add_(kd_rows * beta)
+                if kd_bias is not None:
+                    grad_bias[:num_old].add_(kd_bias * beta)
+        self._record(weights, beta, ce_norms, kd_norms)
+        return grad_weight, grad_bias
 
     # ------------------------------------------------------------------ derived quantities
     def class_weights(self) -> torch.Tensor:

@@ -126,7 +126,7 @@ class SeparatedSoftmaxCE(torch.nn.Module):
 
 
 class _WithBoundaries(torch.nn.Module):
-    def __init__(self, boundaries: Boundaries, T: float) -> None:
+    def __init__(self, boundaries: Boundaries, T: float = 2.0) -> None:
         super().__init__()
         self.boundaries = parse_boundaries(boundaries)
         self.T = _checks.temperature("T", T)
@@ -149,8 +149,13 @@ class TaskWiseKD(_WithBoundaries):
 class OutputCoordinationKD(_WithBoundaries):
     """:func:`cil_losses.output_coordination_kd` (JIOC ``L_OC``) over fixed old-task boundaries."""
 
+    def __init__(self, boundaries: Boundaries, T: float = 2.0, *, t_squared: bool = False) -> None:
+        super().__init__(boundaries, T)
+        self.t_squared = bool(t_squared)
+
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        return output_coordination_kd(student_logits, teacher_logits, self.boundaries, self.T)
+        return output_coordination_kd(student_logits, teacher_logits, self.boundaries, self.T,
+                                      t_squared=self.t_squared)
 
 
 class InputCoordinationCE(torch.nn.Module):

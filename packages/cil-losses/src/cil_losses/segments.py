@@ -105,32 +105,23 @@ class SegmentPlan:
     def log_softmax(self, x: torch.Tensor) -> torch.Tensor:
         """Per-slice ``log_softmax`` of ``x[:, :num_columns]`` (no autograd bookkeeping of its own)."""
         batch = x.shape[0]
+        return self._apply(torch.log_softmax, x)
+
+    def _apply(self, op, x: torch.Tensor) -> torch.Tensor:
+        """``op(·, dim)`` (log_softmax or softmax) over every slice, in launches independent of #slices."""
+        batch = x.shape[0]
         if not self.padded:
-            parts = [
-                torch.log_softmax(x[:, start : start + count * length].reshape(batch, count, length), dim=-1)
-                .reshape(batch, count * length)
-                for start, count, length in self.runs
-            ]
+            parts = [_run_op(op, x[:, start : start + count * length], batch, count, length)
+                     for start, count, length in self.runs]
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         gather, scatter_back, _ = self._indices(x.device)
         padded = F.pad(x[:, : self.num_columns], (0, 1), value=float("-inf")).index_select(1, gather)
-        out = torch.log_softmax(padded.view(batch, self.num_segments, self.max_length), dim=-1)
-        return out.view(batch, -1).index_select(1, scatter_back)
+        out = _run_op(op, padded, batch, self.num_segments, self.max_length)
+        return out.index_select(1, scatter_back)
 
     def softmax(self, x: torch.Tensor) -> torch.Tensor:
         """Per-slice ``softmax`` of ``x[:, :num_columns]`` (no autograd bookkeeping of its own)."""
-        batch = x.shape[0]
-        if not self.padded:
-            parts = [
-                torch.softmax(x[:, start : start + count * length].reshape(batch, count, length), dim=-1)
-                .reshape(batch, count * length)
-                for start, count, length in self.runs
-            ]
-            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        gather, scatter_back, _ = self._indices(x.device)
-        padded = F.pad(x[:, : self.num_columns], (0, 1), value=float("-inf")).index_select(1, gather)
-        out = torch.softmax(padded.view(batch, self.num_segments, self.max_length), dim=-1)
-        return out.view(batch, -1).index_select(1, scatter_back)
+        return self._apply(torch.softmax, x)
 
     def segment_sum(self, g: torch.Tensor) -> torch.Tensor:
         """``[B, C]`` tensor whose column ``c`` holds the sum of ``g`` over the slice containing ``c``."""
@@ -145,6 +136,21 @@ class SegmentPlan:
         padded = F.pad(g[:, : self.num_columns], (0, 1)).index_select(1, gather)
         sums = padded.view(batch, self.num_segments, self.max_length).sum(dim=-1)
         return sums.index_select(1, segment_id)
+
+
+#: Below this slice length, softmaxes run along the middle axis of a transposed view: the CPU kernels
+#: for a last axis shorter than a SIMD register are many times slower than for the other layout.
+SHORT_SLICE = 16
+
+
+def _run_op(op, block: torch.Tensor, batch: int, count: int, length: int) -> torch.Tensor:
+    """``op`` over each of ``count`` consecutive slices of ``length`` columns of ``block`` (``[B, count·length]``)."""
+    view = block.reshape(batch, count, length)
+    if length < SHORT_SLICE and view.device.type == "cpu":
+        out = op(view.transpose(1, 2), dim=1).transpose(1, 2)
+    else:
+        out = op(view, dim=-1)
+    return out.reshape(batch, count * length)
 
 
 def _runs(boundaries: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:

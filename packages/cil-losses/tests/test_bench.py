@@ -1,0 +1,27 @@
+"""The benchmark script runs (a few-second smoke run) and writes its figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[3] / "tools" / "bench_losses.py"
+
+
+@pytest.mark.skipif(not BENCH.exists(), reason="tools/bench_losses.py is not part of this checkout")
+def test_quick_benchmark_writes_json(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_losses_under_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    assert module.main(["--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    names = {row["loss"] for row in data["losses"]}
+    assert "cross_entropy (reference)" in names and "balanced_softmax_cross_entropy" in names
+    assert all(row["ratio_to_ce"] > 0 for row in data["losses"])
+    assert {row["tasks"] for row in data["task_wise_kd"]} == {10}
+    assert {row["losses"] for row in data["dgr"]} == {"dakd", "linear", "rewrite"}
+    assert all(row["speedup"] > 0 for row in data["dgr"])
