@@ -15,6 +15,7 @@ vectorised DGR step ≥ 10× faster than the per-row reference at C = 1000.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import json
 import random
@@ -71,6 +72,22 @@ def race(candidates: dict[str, Callable[[], object]], repeats: int, target_s: fl
                 fn()
             samples[name].append((time.perf_counter() - start) / inner[name])
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def steady_malloc() -> bool:
+    """Keep freed memory in the process (glibc only): no heap trimming, no mmap for blocks < 64 MiB.
+
+    With glibc's defaults, 1 MiB activation buffers are returned to the OS and page-faulted back in
+    from one call to the next depending on what ran before; on a shared machine that made the ratio of
+    two losses doing nearly the same work vary by 2× between runs. A training process with a large
+    heap is in the steady state this setting gives. Returns whether it was applied.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_trim_threshold, 256 << 20)) and bool(libc.mallopt(m_mmap_threshold, 64 << 20))
+    except (OSError, AttributeError):
+        return False
 
 
 def _fwd_bwd(loss_fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> Callable[[], None]:
@@ -250,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-dim", type=int, default=64, help="feature size of the DGR classifier")
     parser.add_argument("--repeats", type=int, default=15, help="rounds per comparison (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier ratios)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator settings alone (default: steady_malloc(), see its docstring)")
     args = parser.parse_args(argv)
+    steady = False if args.default_malloc else steady_malloc()
     if args.quick:
         args.classes, args.tasks, args.repeats = [100], [10], 3
     torch.set_num_threads(args.threads)
@@ -264,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     dgr_rows += [bench_dgr_rewrite(c, args.feature_dim, args.repeats, target, ref) for c in args.classes]
 
     print(f"cil-losses on CPU, torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, "
-          f"forward+backward, median of {args.repeats} round-robin rounds")
+          f"forward+backward, median of {args.repeats} round-robin rounds, "
+          f"{'steady' if steady else 'default'} malloc")
     by_loss: dict[str, dict[int, float]] = {}
     for r in loss_rows:
         by_loss.setdefault(r["loss"], {})[r["classes"]] = r["ratio_to_ce"]
@@ -296,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         payload = {
             "torch": torch.__version__, "threads": args.threads, "batch": args.batch, "repeats": args.repeats,
+            "steady_malloc": steady,
             "losses": loss_rows, "task_wise_kd": kd_rows, "dgr": dgr_rows,
             "goals": {name: ok for name, ok in goals},
         }

@@ -17,8 +17,9 @@ def test_quick_benchmark_writes_json(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "bench.json"
-    assert module.main(["--quick", "--json", str(out)]) == 0
+    assert module.main(["--quick", "--default-malloc", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
+    assert data["steady_malloc"] is False
     names = {row["loss"] for row in data["losses"]}
     assert "cross_entropy (reference)" in names and "balanced_softmax_cross_entropy" in names
     assert all(row["ratio_to_ce"] > 0 for row in data["losses"])
