@@ -213,6 +213,10 @@ def dakd_loss(
     class (``log C_old = 0``) gives ``H = 1`` (KD over one class is 0 anyway). The caller multiplies by
     ``λ_KD·T²`` (:func:`dgr_kd_weight`).
 
+    A fused custom autograd Function (:class:`DAKDFunction`: one teacher softmax, closed-form
+    backward); once differentiable. ``lost_counts`` is validated on the host (one sync when it lives
+    on an accelerator).
+
     Args:
         student_old_logits: ``[B, C_old]`` student logits of the old classes.
         teacher_logits: ``[B, C_old]``.

@@ -113,6 +113,10 @@ class GradientReweighter(torch.nn.Module):
           code). Gradient accumulation over micro-batches reweights each micro-batch on its own.
         * Everything stays on the device: no host synchronisation. ``last_weights`` / ``last_beta``
           (tensors) expose the last step's ``w`` and ``β`` (``None`` in phase 0) for logging.
+        * ``Φ`` is per process. Under DDP every rank reweights with its own ``Φ`` before the gradients
+          are averaged; the ranks' ``Φ`` differ by sampling noise (synchronising ``g_c`` across ranks
+          is not done here).
+        * ``phi_dtype=torch.float32`` on devices without float64 (e.g. MPS).
 
     Args:
         decoupled: DGR (old and new classes form separate class-balance groups) vs. GR.
