@@ -1,4 +1,5 @@
-"""dtype and device preservation: float32 / float64 in, same out; bfloat16 under autocast → float32 loss."""
+"""Properties shared by every loss: dtype/device preservation (bfloat16 under autocast → float32 loss),
+batch of one, saturated logits (±1e4) — all finite, with finite gradients."""
 
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ LOSSES = {
 }
 
 
-def _inputs(dtype):
+def _inputs(dtype, batch=B):
     g = torch.Generator().manual_seed(7)
-    m = torch.arange(B) % 3 == 0
-    y = torch.where(m, torch.randint(0, C_OLD, (B,), generator=g), torch.randint(C_OLD, C, (B,), generator=g))
-    teacher = torch.randn(B, C_OLD, generator=g).to(dtype)
-    features = torch.randn(B, 16, generator=g).to(dtype)
+    m = torch.arange(batch) % 3 == 0
+    y = torch.where(m, torch.randint(0, C_OLD, (batch,), generator=g), torch.randint(C_OLD, C, (batch,), generator=g))
+    teacher = torch.randn(batch, C_OLD, generator=g).to(dtype)
+    features = torch.randn(batch, 16, generator=g).to(dtype)
     return features, y, teacher, m
 
 
@@ -70,3 +71,26 @@ def test_cuda_device_is_preserved(name):
     loss = LOSSES[name](z, y, teacher, m)
     loss.backward()
     assert loss.device.type == "cuda"
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("memory_first", [True, False], ids=["memory-sample", "new-sample"])
+def test_batch_of_one(name, memory_first):
+    features, y, teacher, m = _inputs(torch.float64, batch=3)
+    pick = slice(0, 1) if memory_first else slice(1, 2)   # sample 0 is a memory sample, sample 1 a new one
+    z = (features[pick] @ torch.randn(16, C, dtype=torch.float64)).requires_grad_()
+    loss = LOSSES[name](z, y[pick], teacher[pick], m[pick])
+    (grad,) = torch.autograd.grad(loss, z)
+    assert loss.dim() == 0 and torch.isfinite(loss) and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_saturated_logits_stay_finite(name, dtype):
+    features, y, teacher, m = _inputs(dtype)
+    g = torch.Generator().manual_seed(11)
+    z = ((torch.rand(B, C, generator=g) > 0.5).to(dtype) * 2 - 1).mul(1e4).requires_grad_()
+    teacher = ((torch.rand(B, C_OLD, generator=g) > 0.5).to(dtype) * 2 - 1) * 1e4
+    loss = LOSSES[name](z, y, teacher, m)
+    (grad,) = torch.autograd.grad(loss, z)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()

@@ -233,3 +233,22 @@ def test_reweight_row_gradients_matches_the_reference_rewrite(with_kd, gen, ref)
         torch.testing.assert_close(grad_w, torch.cat([p.grad for p in blocks_w]), atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(grad_b, torch.cat([p.grad for p in blocks_b]), atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(rw.phi, torch.tensor(phi, dtype=torch.float64), atol=ATOL, rtol=RTOL)
+
+
+def test_batch_of_one_and_saturated_logits_match_the_reference(gen, ref):
+    rw = L.GradientReweighter()
+    rw.start_phase(9, 7, 900, 150)
+    w, b = _blocks(gen, BLOCKS)
+    w_ref = [x.detach().clone().requires_grad_() for x in w]
+    b_ref = [x.detach().clone().requires_grad_() for x in b]
+    h, y, teacher, offsets, lost = _scenario(gen, 7, 9, batch=1)
+    h = (h * 1e3).detach().requires_grad_()   # logits in the thousands
+    fn = _loss_fn(7, y, teacher * 1e3, offsets, lost, 1.3)
+    z_ce, z_kd = rw(h, torch.cat(w), torch.cat(b))
+    ce, kd = fn(z_ce, z_kd)
+    (ce + kd).backward()
+    h_ref = h.detach().clone().requires_grad_()
+    ref.reference_dgr_step(h_ref, w_ref, b_ref, lambda z: fn(z, z), phi=[0.0] * 9, num_old=7, gamma=rw.gamma)
+    for a, r in zip((h, *w, *b), (h_ref, *w_ref, *b_ref)):
+        assert torch.isfinite(a.grad).all()
+        torch.testing.assert_close(a.grad, r.grad, atol=ATOL, rtol=RTOL)
