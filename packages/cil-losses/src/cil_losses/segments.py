@@ -8,8 +8,9 @@ does not grow with the number of tasks:
 
 * **runs** (the usual layouts: equal task sizes, or a large base task followed by equal tasks):
   consecutive slices of equal length ``L`` form a run that is viewed as ``[B, n, L]`` without a
-  copy, and one ``log_softmax`` over the last axis handles all ``n`` slices of the run. A layout
-  has at most :data:`MAX_RUNS` runs on this path.
+  copy, and one ``log_softmax`` over the last axis handles all ``n`` slices of the run (on CPU, for
+  ``L <`` :data:`SHORT_SLICE`, over the middle axis of the transposed view ``[B, L, n]``, which PyTorch's
+  CPU kernels handle many times faster). A layout has at most :data:`MAX_RUNS` runs on this path.
 * **padded** (any other layout): the columns are gathered into ``[B, S, L_max]`` with ``-inf``
   padding (one ``index_select``), one ``log_softmax`` runs over the last axis, and a second
   ``index_select`` brings the columns back. Its cost is ``S·L_max/C`` times a dense softmax.
@@ -32,7 +33,7 @@ from torch.autograd.function import once_differentiable
 from . import _checks
 from .errors import LossArgumentError, LossTypeError
 
-__all__ = ["MAX_RUNS", "SegmentPlan", "parse_boundaries", "segment_plan", "segmented_log_softmax"]
+__all__ = ["MAX_RUNS", "SHORT_SLICE", "SegmentPlan", "parse_boundaries", "segment_plan", "segmented_log_softmax"]
 
 #: A layout with more runs of equal-length slices than this uses the padded path.
 MAX_RUNS = 4
