@@ -116,7 +116,7 @@ def summary_json(groups: dict[str, list[RunSummary]]) -> dict[str, Any]:
     return out
 
 
-def _mean_curve(runs: Sequence[RunSummary]) -> dict[str, Any]:
+def mean_curve(runs: Sequence[RunSummary]) -> dict[str, Any]:
     first = runs[0].metrics
     n = len(first["acc_per_phase"])
     curves = [r.metrics["acc_per_phase"] for r in runs if len(r.metrics["acc_per_phase"]) == n]
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = f"## {args.title}\n\n" if args.title else ""
     atomic_write_text(out / "comparison.md", title + table)
     atomic_write_json(out / "comparison.json", summary_json(groups))
-    plotted = plot_accuracy_curves([(lab, _mean_curve(rs)) for lab, rs in groups.items()], out / "comparison.png",
+    plotted = plot_accuracy_curves([(lab, mean_curve(rs)) for lab, rs in groups.items()], out / "comparison.png",
                                    args.title)
     print(title + table, end="")
     print(f"wrote {out}/comparison.md, comparison.json" + (", comparison.png" if plotted else " (no plot: matplotlib missing)"))

@@ -1,0 +1,60 @@
+"""The tools under tools/ run: benchmarks in --quick mode, the method matrix on tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_dispatcher_lists_every_benchmark():
+    done = _run("tools/bench.py", "--list")
+    assert done.returncode == 0
+    for name in ("losses", "data", "loop"):
+        assert f"  {name} " in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_loop_quick(tmp_path):
+    out = tmp_path / "loop.json"
+    done = _run("tools/bench.py", "loop", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    names = list(figures["results"])
+    assert names[0].startswith("reference") and len(names) == 4
+    assert all(r["img_per_s"] > 0 for r in figures["results"].values())
+    assert "ratio to reference" in done.stdout
+
+
+@pytest.mark.slow
+def test_method_matrix_runs_and_tabulates(tmp_path):
+    import cil_data
+
+    ds = cil_data.load_embedded()
+    keep = np.concatenate([np.flatnonzero(ds.train_labels.numpy() == c)[:30] for c in range(4)])
+    test = np.concatenate([np.flatnonzero(ds.test_labels.numpy() == c)[:10] for c in range(4)])
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x_train=ds.train_images[keep, 0].numpy(), y_train=ds.train_labels[keep].numpy(),
+             x_test=ds.test_images[test, 0].numpy(), y_test=ds.test_labels[test].numpy())
+    out = tmp_path / "matrix"
+    args = ["tools/method_matrix.py", "--preset", "embedded-lt", "--methods", "finetune", "--variant",
+            "IC+KD=icarl-jioc --jioc ic", "--seeds", "1,2", "--out", str(out), "--",
+            "--data", "npz", "--data-root", str(npz), "--phases", "2", "--epochs", "1", "--backbone", "resnet8",
+            "--memory-per-class", "3", "--threads", "1"]
+    done = _run(*args)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (out / "table.md").read_text()
+    assert "| finetune | 2 |" in table and "| IC+KD | 2 |" in table
+    assert (out / "accuracy.png").is_file()
+    again = _run(*args)  # finished cells are skipped
+    assert again.returncode == 0 and again.stdout.count(": done") == 4

@@ -1,0 +1,162 @@
+"""Loop speed: cil-train's phase loop against a plain reference loop, same ResNet-32, batch and data.
+
+The reference is written as common toolkits write it: a ``DataLoader`` over numpy images with
+per-image torchvision transforms (``RandomCrop(padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``,
+``Normalize``) in ``--workers`` worker processes, default memory format, float32. Ours is the real
+``cil_train`` Trainer running one phase with every class (fine-tuning, no memory, no checkpoints),
+in several configurations: float32 NCHW (the data path alone), channels_last, channels_last + bf16
+autocast (the CPU default where the hardware supports bf16), and optionally ``torch.compile``.
+Both sides are timed from the first training step to the end of the last epoch (warm-up included,
+evaluation excluded), and report images per second; ratios are against the reference of the same run.
+
+    hatch run bench loop                       # embedded Fashion-MNIST subset (6,000 images), 2 epochs
+    hatch run bench loop --compile --json bench-results/loop.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import cil_data
+from cil_models import IncrementalNet
+from cil_train import RunConfig
+from cil_train.loop import Trainer
+
+
+def _subset_npz(ds: cil_data.ImageDataset, n: int, folder: Path) -> Path:
+    g = np.random.default_rng(0)
+    idx = np.sort(g.permutation(len(ds.train_labels))[:n])
+    path = folder / "bench.npz"
+    np.savez(path, x_train=ds.train_images[idx, 0].numpy(), y_train=ds.train_labels[idx].numpy(),
+             x_test=ds.test_images[:200, 0].numpy(), y_test=ds.test_labels[:200].numpy(),
+             classes=np.array(ds.class_names))
+    return path
+
+
+class _PerImage(torch.utils.data.Dataset):
+    """Numpy images through per-image PIL transforms, as in PyCIL / FACIL / Avalanche loops."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def reference_loop(ds: cil_data.ImageDataset, backbone: str, epochs: int, batch_size: int, workers: int,
+                   seed: int) -> dict:
+    from torchvision import transforms
+
+    size = ds.image_shape[1]
+    tf = transforms.Compose([
+        transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(ds.mean, ds.std),
+    ])
+    images = ds.train_images.permute(0, 2, 3, 1).squeeze(-1).numpy()  # HW (grey) or HWC
+    loader = torch.utils.data.DataLoader(_PerImage(images, ds.train_labels.numpy(), tf), batch_size=batch_size,
+                                         shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+    torch.manual_seed(seed)
+    net = IncrementalNet(backbone, in_channels=ds.image_shape[0])
+    net.expand(ds.num_classes)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    net.train()
+    n = 0
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n += len(y)
+    seconds = time.perf_counter() - start
+    return {"images": n, "seconds": seconds, "img_per_s": n / seconds}
+
+
+def our_loop(npz: Path, backbone: str, epochs: int, batch_size: int, seed: int, amp: str, channels_last: bool,
+             compile_: bool, out: Path, device: str) -> dict:
+    cfg = RunConfig(
+        method="finetune", data="npz", data_root=str(npz), imbalance=1.0, increments=(10,), memory_per_class=0,
+        backbone=backbone, epochs=epochs, batch_size=batch_size, lr_schedule="constant", seed=seed, amp=amp,
+        channels_last=channels_last, compile=compile_, checkpoint_every=0, plots=False, progress="none",
+        out=str(out), device=device,
+    )
+    trainer = Trainer(cfg, out, log=lambda _m: None)
+    trainer.run()
+    rec = trainer.records[0]
+    n = rec["train_images"] * epochs
+    return {"images": n, "seconds": rec["train_seconds"], "img_per_s": n / rec["train_seconds"], "acc": rec["acc"],
+            "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "float32"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=6000, help="training images (from the embedded data; default 6000)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--backbone", default="resnet32")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="DataLoader workers of the reference (default: the cores, at most 2)")
+    p.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--quick", action="store_true", help="a few-second smoke run (512 images, ResNet-8, 1 epoch)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images, args.backbone, args.epochs = 512, "resnet8", 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds_full = cil_data.load_embedded()
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        npz = _subset_npz(ds_full, min(args.images, len(ds_full.train_labels)), tmp)
+        ds = cil_data.load_npz(npz)
+        results["reference (DataLoader + per-image transforms, fp32 NCHW)"] = reference_loop(
+            ds, args.backbone, args.epochs, args.batch_size, args.workers, args.seed)
+        variants = [("ours fp32 NCHW", "off", False, False), ("ours channels_last", "off", True, False),
+                    ("ours channels_last + autocast (default)", "auto", True, False)]
+        if args.compile:
+            variants.append(("ours channels_last + autocast + compile", "auto", True, True))
+        for i, (name, amp, cl, comp) in enumerate(variants):
+            results[name] = our_loop(npz, args.backbone, args.epochs, args.batch_size, args.seed, amp, cl, comp,
+                                     tmp / f"run{i}", args.device)
+    ref = next(iter(results.values()))["img_per_s"]
+    print(f"loop speed: {args.backbone}, batch {args.batch_size}, {args.images} images × {args.epochs} epochs, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"| loop | images/s | ratio to reference |\n|---|---:|---:|")
+    for name, r in results.items():
+        label = name + (f" [{r['amp']}]" if "amp" in r else "")
+        print(f"| {label} | {r['img_per_s']:.0f} | {r['img_per_s'] / ref:.2f}× |")
+        r["ratio"] = r["img_per_s"] / ref
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "benchmark": "loop", "backbone": args.backbone, "batch_size": args.batch_size, "images": args.images,
+            "epochs": args.epochs, "threads": torch.get_num_threads(), "workers": args.workers,
+            "device": args.device, "torch": torch.__version__, "python": sys.version.split()[0],
+            "results": results,
+        }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
