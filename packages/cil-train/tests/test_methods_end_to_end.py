@@ -60,11 +60,22 @@ def test_method_runs_three_phases(tiny, variant):
 
 
 def test_plots_are_written(tiny):
+    pytest.importorskip("matplotlib", reason="plots need the 'plots' extra (matplotlib)")
     argv, out = tiny("--method", "finetune", "--plots")
     assert main(argv) == 0
     for name in ("accuracy.png", "accuracy_matrix.png", "confusion_matrix.png", "weight_norms.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
+
+
+def test_without_matplotlib_the_run_says_which_plots_it_skipped(tiny, monkeypatch, capsys):
+    from cil_train import report
+
+    monkeypatch.setattr(report, "_matplotlib", lambda: None)
+    argv, out = tiny("--method", "finetune", "--plots")
+    assert main(argv) == 0
+    assert "plots skipped: matplotlib is not installed" in capsys.readouterr().out
+    assert (out / "metrics.json").is_file() and not list(out.glob("*.png"))
 
 
 def test_memory_total_budget_is_respected(tiny):
@@ -107,4 +118,9 @@ def test_compare_groups_seeds(tiny, tmp_path, capsys):
     assert "| finetune | 2 |" in table and "| icarl-jioc[jioc=ic] | 1 |" in table and "±" in table
     summary = json.loads((cmp / "comparison.json").read_text())
     assert summary["finetune"]["seeds"] == [1, 2]
-    assert (cmp / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (cmp / "comparison.png").exists()
+    else:
+        assert (cmp / "comparison.png").read_bytes()[:4] == b"\x89PNG"

@@ -19,6 +19,14 @@ from cil_train.cli import main
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
+def _differences(a, b, path="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
 def _checkpoint_state(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -55,7 +63,7 @@ def test_sigkill_in_a_later_phase_then_resume_gives_identical_metrics(tiny_argv,
     assert main(["--resume", str(killed), "--progress", "none"]) == 0
     got = json.loads((killed / "metrics.json").read_text())
     want = json.loads((reference / "metrics.json").read_text())
-    assert strip_timings(got) == strip_timings(want)
+    assert strip_timings(got) == strip_timings(want), "\n".join(_differences(strip_timings(got), strip_timings(want))[:20])
 
 
 @pytest.mark.slow
