@@ -26,3 +26,16 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert {row["tasks"] for row in data["task_wise_kd"]} == {10}
     assert {row["losses"] for row in data["dgr"]} == {"dakd", "linear", "rewrite"}
     assert all(row["speedup"] > 0 for row in data["dgr"])
+
+
+@pytest.mark.skipif(not BENCH.exists(), reason="tools/bench_losses.py is not part of this checkout")
+def test_quick_benchmark_runs_only_the_sections_asked_for(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_losses_sections_under_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    assert module.main(["--quick", "--default-malloc", "--sections", "dgr", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["losses"] == [] and data["task_wise_kd"] == []
+    assert {row["losses"] for row in data["dgr"]} == {"dakd", "linear", "rewrite"}
+    assert all("BalancedS-CE" not in name for name in data["goals"])
