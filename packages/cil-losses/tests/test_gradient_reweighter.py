@@ -252,3 +252,37 @@ def test_batch_of_one_and_saturated_logits_match_the_reference(gen, ref):
     for a, r in zip((h, *w, *b), (h_ref, *w_ref, *b_ref)):
         assert torch.isfinite(a.grad).all()
         torch.testing.assert_close(a.grad, r.grad, atol=ATOL, rtol=RTOL)
+
+
+def test_reweight_row_gradients_leaves_its_inputs_alone(gen):
+    rw = L.GradientReweighter()
+    rw.start_phase(9, 7, 300, 100)
+    ce_rows, ce_bias = torch.randn(9, D, generator=gen), torch.randn(9, generator=gen)
+    kd_rows, kd_bias = torch.randn(7, D, generator=gen), torch.randn(7, generator=gen)
+    copies = [t.clone() for t in (ce_rows, ce_bias, kd_rows, kd_bias)]
+    grad_w, grad_b = rw.reweight_row_gradients(ce_rows, ce_bias, kd_rows, kd_bias)
+    for t, c in zip((ce_rows, ce_bias, kd_rows, kd_bias), copies):
+        assert torch.equal(t, c)
+    assert not torch.equal(grad_w, ce_rows)
+
+
+def test_old_class_mask_follows_phases_and_checkpoints(gen):
+    """The per-phase old/new mask is rebuilt for a new phase and after loading another phase's state."""
+    rw = L.GradientReweighter()
+    for num_classes, num_old in [(5, 3), (8, 5), (8, 2)]:
+        rw.start_phase(num_classes, num_old, 300, 100)
+        for _ in range(2):
+            w = torch.randn(num_classes, D, dtype=torch.float64, requires_grad=True)
+            z_ce, _ = rw(torch.randn(4, D, dtype=torch.float64), w, None)
+            F.cross_entropy(z_ce, torch.randint(0, num_classes, (4,), generator=gen)).backward()
+            # the step's weights are those of the public function on the updated Φ (mask built there)
+            torch.testing.assert_close(rw.last_weights, L.dgr_class_weights(rw.phi, num_old, rw.gamma))
+    restored = L.GradientReweighter()
+    restored.start_phase(8, 5, 300, 100)
+    w = torch.randn(8, D, dtype=torch.float64, requires_grad=True)
+    F.cross_entropy(restored(torch.randn(4, D, dtype=torch.float64), w, None)[0], torch.tensor([0, 1, 6, 7])).backward()
+    restored.load_state_dict(rw.state_dict())          # phase with num_old = 2
+    phi_before = restored.phi.clone()
+    F.cross_entropy(restored(torch.randn(4, D, dtype=torch.float64), w, None)[0], torch.tensor([0, 1, 6, 7])).backward()
+    assert not torch.equal(restored.phi, phi_before)
+    torch.testing.assert_close(restored.last_weights, L.dgr_class_weights(restored.phi, 2, restored.gamma))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import _checks
-from .dgr import dgr_attenuation_gamma, dgr_class_weights, dgr_loss_balance
+from .dgr import dgr_attenuation_gamma, dgr_class_weights
 from .errors import LossArgumentError, LossTypeError, PhaseStateError
 
 __all__ = ["GradientReweighter", "reweighted_linear"]
@@ -36,9 +36,10 @@ def _backward(ctx, grad_ce: torch.Tensor | None, grad_kd: torch.Tensor | None):
     dtype = _checks.compute_dtype(weight)
     if grad_ce is None:
         grad_ce = torch.zeros(features.shape[0], weight.shape[0], dtype=dtype, device=features.device)
-    grad_total = grad_ce if grad_kd is None else grad_ce + grad_kd
-    grad_features = grad_total.mm(weight) if ctx.needs_input_grad[0] else None
-
+    needs_features, needs_weight, needs_bias, _ = ctx.needs_input_grad
+    grad_features = None
+    if needs_features:
+        grad_features = (grad_ce if grad_kd is None else grad_ce + grad_kd).mm(weight)
     ce_rows = grad_ce.t().mm(features).to(dtype)                     # ∂L_CE/∂W, [C, D]
     ce_bias = grad_ce.sum(dim=0).to(dtype)                           # ∂L_CE/∂b, [C]
     kd_rows = kd_bias = None
@@ -46,11 +47,11 @@ def _backward(ctx, grad_ce: torch.Tensor | None, grad_kd: torch.Tensor | None):
         kd_logits = grad_kd[:, :num_old]
         kd_rows = kd_logits.t().mm(features).to(dtype)               # ∂L_KD/∂W_old, [C_old, D]
         kd_bias = kd_logits.sum(dim=0).to(dtype)
-    grad_weight, grad_bias = module.reweight_row_gradients(ce_rows, ce_bias, kd_rows, kd_bias)
+    grad_weight, grad_bias = module._reweight(ce_rows, ce_bias, kd_rows, kd_bias, in_place=True)
     return (
         grad_features,
-        grad_weight if ctx.needs_input_grad[1] else None,
-        grad_bias if ctx.has_bias and ctx.needs_input_grad[2] else None,
+        grad_weight if needs_weight else None,
+        grad_bias if ctx.has_bias and needs_bias else None,
         None,
     )
 
@@ -155,6 +156,7 @@ class GradientReweighter(torch.nn.Module):
         self.last_beta: torch.Tensor | None = None
         self.last_ce_norms: torch.Tensor | None = None
         self.last_kd_norms: torch.Tensor | None = None
+        self._is_old: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ phase context
     def start_phase(self, num_classes: int, num_old: int, n_seen: float, n_new: float) -> None:
@@ -174,6 +176,7 @@ class GradientReweighter(torch.nn.Module):
         self.gamma = dgr_attenuation_gamma(n_seen, n_new, self.eta) if num_old > 0 else 1.0
         self.num_classes, self.num_old, self.n_seen, self.n_new = num_classes, num_old, n_seen, n_new
         self.phi = torch.zeros(num_classes, dtype=self.phi.dtype, device=self.phi.device)
+        self._is_old = None
         self.last_weights = self.last_beta = self.last_ce_norms = self.last_kd_norms = None
 
     def _record(self, weights, beta, ce_norms, kd_norms) -> None:
@@ -237,15 +240,33 @@ class GradientReweighter(torch.nn.Module):
             ``(grad_weight [C, D], grad_bias [C])``: ``w_c·∇L_CE + β·∇L_KD`` (old rows), ``w_c·∇L_CE``
             (new rows); in phase 0 ``α_c·∇L_CE``.
         """
+        return self._reweight(ce_rows, ce_bias, kd_rows, kd_bias, in_place=False)
+
+    def _old_mask(self) -> torch.Tensor:
+        """``[C]`` bool ``c < num_old`` on ``Φ``'s device, built once per phase (and device)."""
+        mask = self._is_old
+        if mask is None or mask.device != self.phi.device or mask.shape[0] != self.phi.shape[0]:
+            mask = torch.arange(self.phi.shape[0], device=self.phi.device) < self.num_old
+            self._is_old = mask
+        return mask
+
+    def _reweight(self, ce_rows, ce_bias, kd_rows, kd_bias, *, in_place: bool):
+        """:meth:`reweight_row_gradients`; ``in_place``: ``ce_rows``/``ce_bias`` are the layer's own fresh
+        buffers and may be overwritten with the result (saves two allocations)."""
         num_old = self.num_old
+        phi = self.phi
         ce_norms = torch.linalg.vector_norm(ce_rows, dim=1)                    # g_c
-        self.phi.add_(ce_norms.to(self.phi.dtype))                             # Φ_c += g_c (before the ratios)
+        phi.add_(ce_norms)                                                     # Φ_c += g_c (before the ratios)
         weights = dgr_class_weights(
-            self.phi, num_old, self.gamma, decoupled=self.decoupled,
-            class_balance=self.class_balance, task_balance=self.task_balance,
-        ).to(ce_rows.dtype)
-        grad_weight = ce_rows * weights.unsqueeze(1)
-        grad_bias = ce_bias * weights
+            phi, num_old, self.gamma, decoupled=self.decoupled, class_balance=self.class_balance,
+            task_balance=self.task_balance, is_old=self._old_mask() if num_old > 0 else None,
+        )
+        if weights.dtype != ce_rows.dtype:
+            weights = weights.to(ce_rows.dtype)
+        if in_place:
+            grad_weight, grad_bias = ce_rows.mul_(weights.unsqueeze(1)), ce_bias.mul_(weights)
+        else:
+            grad_weight, grad_bias = ce_rows * weights.unsqueeze(1), ce_bias * weights
         beta = kd_norms = None
         if num_old > 0:
             if kd_rows is not None:
@@ -253,13 +274,16 @@ class GradientReweighter(torch.nn.Module):
             else:
                 kd_norms = ce_norms.new_zeros(num_old)
             if self.loss_balance:
-                beta = dgr_loss_balance(weights, ce_norms, kd_norms)
+                # β = ‖(w_c g_c)_c‖ / ‖(g^KD_c)_{c old}‖, as dgr_loss_balance (guard ‖g^KD‖ = 0: β = 1)
+                numerator = torch.linalg.vector_norm(weights * ce_norms)
+                denominator = torch.linalg.vector_norm(kd_norms)
+                beta = torch.where(denominator > 0, numerator / denominator, 1.0)
             else:
                 beta = torch.ones((), dtype=ce_rows.dtype, device=ce_rows.device)
             if kd_rows is not None:
-                grad_weight[:num_old].add_(kd_rows * beta)
+                grad_weight[:num_old].addcmul_(kd_rows, beta)
                 if kd_bias is not None:
-                    grad_bias[:num_old].add_(kd_bias * beta)
+                    grad_bias[:num_old].addcmul_(kd_bias, beta)
         self._record(weights, beta, ce_norms, kd_norms)
         return grad_weight, grad_bias
 
@@ -295,6 +319,7 @@ class GradientReweighter(torch.nn.Module):
         self.n_seen = float(state["n_seen"])
         self.n_new = float(state["n_new"])
         self.gamma = float(state["gamma"])
+        self._is_old = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         saved = state_dict.get(prefix + "phi")
