@@ -148,12 +148,15 @@ def bench_task_wise_kd(batch: int, classes: int, tasks: int, repeats: int, targe
 
 
 # --------------------------------------------------------------------------- 3. vectorised vs per-row DGR step
-def bench_dgr(batch: int, classes: int, dim: int, repeats: int, target_s: float, ref, losses_kind: str = "dakd") -> dict:
-    """One training step of the classifier: forward, losses, backward with the reweighted FC gradients.
+def _dgr_step_candidates(batch: int, classes: int, dim: int, ref, losses_kind: str) -> dict[str, Callable[[], None]]:
+    """The classifier steps of section 3 as zero-argument callables (see :func:`bench_dgr`).
 
-    ``losses_kind="dakd"``: the real DGR losses (CE with log-prior offsets + λ_KD·T²·DAKD), whose cost
-    both sides share. ``"linear"``: surrogate losses ``Σ z⊙A`` with fixed random ``A`` (nearly free), so
-    that the classifier layer's matrix products and the reweighting dominate.
+    ``per_row`` and ``vectorised`` are what section 3 compares; the others split the vectorised step
+    (:func:`bench_dgr_breakdown`): ``no_reweighting`` is the same layer with the reweighting of the row
+    gradients skipped (its two matrix products for ``∂L_CE/∂W`` and ``∂L_KD/∂W`` kept), ``plain`` the step
+    with ``F.linear`` and no reweighting at all (three matrix products), ``losses`` the two losses'
+    forward and backward on a leaf ``[B, C]`` tensor, ``matmuls`` the four bare matrix products of the
+    vectorised layer on detached tensors (forward ``h·Wᵀ + b``; backward ``G·W``, ``G_CEᵀ·h``, ``G_KDᵀ·h``).
     """
     g = torch.Generator().manual_seed(2)
     num_blocks = 10
@@ -181,15 +184,19 @@ def bench_dgr(batch: int, classes: int, dim: int, repeats: int, target_s: float,
 
     reweighter = L.GradientReweighter(phi_dtype=torch.float32)
     reweighter.start_phase(classes, num_old, n_seen, n_new)
+    unweighted = L.GradientReweighter(phi_dtype=torch.float32)
+    unweighted.start_phase(classes, num_old, n_seen, n_new)
+    # benchmark-only: the row gradients go through unchanged (no Φ, ratios or rewrite)
+    unweighted._reweight = lambda ce_rows, ce_bias, kd_rows, kd_bias, in_place: (ce_rows, ce_bias)
     phi = [0.0] * classes
 
     def clear() -> None:
         for p in (*weights, *biases, h):
             p.grad = None
 
-    def vectorised() -> None:
+    def vectorised(layer=reweighter) -> None:
         clear()
-        z_ce, z_kd = reweighter(h, torch.cat(weights), torch.cat(biases))
+        z_ce, z_kd = layer(h, torch.cat(weights), torch.cat(biases))
         ce, kd = losses(z_ce, z_kd)
         (ce + kd).backward()
 
@@ -197,9 +204,66 @@ def bench_dgr(batch: int, classes: int, dim: int, repeats: int, target_s: float,
         clear()
         ref.reference_dgr_step(h, weights, biases, lambda z: losses(z, z), phi=phi, num_old=num_old, gamma=gamma)
 
-    times = race({"per_row": per_row, "vectorised": vectorised}, repeats, target_s)
+    def plain() -> None:
+        clear()
+        z = F.linear(h, torch.cat(weights), torch.cat(biases))
+        ce, kd = losses(z, z)
+        (ce + kd).backward()
+
+    logits = F.linear(h, torch.cat(weights), torch.cat(biases)).detach()
+
+    def losses_only() -> None:
+        z = logits.clone().requires_grad_()
+        ce, kd = losses(z, z)
+        (ce + kd).backward()
+
+    h_, w_, b_ = h.detach(), torch.cat(weights).detach(), torch.cat(biases).detach()
+    grad_ce, grad_kd = direction_ce, direction_kd
+
+    def matmuls() -> None:
+        F.linear(h_, w_, b_)
+        grad_ce.mm(w_)
+        grad_ce.t().mm(h_)
+        grad_kd.t().mm(h_)
+
+    return {"per_row": per_row, "vectorised": vectorised, "no_reweighting": lambda: vectorised(unweighted),
+            "plain": plain, "losses": losses_only, "matmuls": matmuls}
+
+
+def bench_dgr(batch: int, classes: int, dim: int, repeats: int, target_s: float, ref, losses_kind: str = "dakd") -> dict:
+    """One training step of the classifier: forward, losses, backward with the reweighted FC gradients.
+
+    ``losses_kind="dakd"``: the real DGR losses (CE with log-prior offsets + λ_KD·T²·DAKD), whose cost
+    both sides share. ``"linear"``: surrogate losses ``Σ z⊙A`` with fixed random ``A`` (nearly free), so
+    that the classifier layer's matrix products and the reweighting dominate.
+    """
+    steps = _dgr_step_candidates(batch, classes, dim, ref, losses_kind)
+    times = race({"per_row": steps["per_row"], "vectorised": steps["vectorised"]}, repeats, target_s)
     return {"classes": classes, "feature_dim": dim, "losses": losses_kind, "per_row_s": times["per_row"],
             "vectorised_s": times["vectorised"], "speedup": times["per_row"] / times["vectorised"]}
+
+
+BREAKDOWN = {
+    "per_row": "per-row reference step",
+    "vectorised": "vectorised step (GradientReweighter)",
+    "no_reweighting": "same layer, row gradients not reweighted",
+    "plain": "F.linear step, no reweighting (3 matmuls)",
+    "losses": "the two losses alone (fwd+bwd on a leaf)",
+    "matmuls": "the 4 bare matmuls of the layer",
+}
+
+
+def bench_dgr_breakdown(batch: int, classes: int, dim: int, repeats: int, target_s: float, ref) -> list[dict]:
+    """Where the vectorised step's time goes (CE + DAKD): the step and its parts, timed in one race.
+
+    ``losses + matmuls`` is the arithmetic that no implementation of the layer avoids (the per-row
+    procedure runs the same losses and five matrix products of the same size); ``per_row / (losses +
+    matmuls)`` bounds the speed-up any vectorised layer could show in this setting.
+    """
+    steps = _dgr_step_candidates(batch, classes, dim, ref, "dakd")
+    times = race(steps, repeats, target_s)
+    return [{"classes": classes, "part": name, "seconds": t, "per_row_ratio": times["per_row"] / t}
+            for name, t in times.items()]
 
 
 def bench_dgr_rewrite(classes: int, dim: int, repeats: int, target_s: float, ref) -> dict:
@@ -272,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier ratios)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="which tables to run: losses (1), kd (2), dgr (3); default all")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="with section dgr: also time the parts of the vectorised step (CE + DAKD, largest C)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's allocator settings alone (default: steady_malloc(), see its docstring)")
     args = parser.parse_args(argv)
@@ -292,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         dgr_rows = [bench_dgr(args.batch, c, args.feature_dim, args.repeats, target, ref, kind)
                     for kind in ("dakd", "linear") for c in args.classes]
         dgr_rows += [bench_dgr_rewrite(c, args.feature_dim, args.repeats, target, ref) for c in args.classes]
+    breakdown_rows = []
+    if "dgr" in args.sections and args.breakdown:
+        breakdown_rows = bench_dgr_breakdown(args.batch, max(args.classes), args.feature_dim, args.repeats, target, ref)
 
     print(f"cil-losses on CPU, torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, "
           f"forward+backward, median of {args.repeats} round-robin rounds, "
@@ -312,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
                    f"{r['per_row_s'] * 1e3:.2f}", f"{r['vectorised_s'] * 1e3:.3f}", f"{r['speedup']:.1f}x"]
                   for r in dgr_rows])
 
+    if breakdown_rows:
+        by_part = {r["part"]: r["seconds"] for r in breakdown_rows}
+        rows = [[BREAKDOWN[r["part"]], f"{r['seconds'] * 1e3:.3f}", f"{r['per_row_ratio']:.1f}x"] for r in breakdown_rows]
+        floor = by_part["losses"] + by_part["matmuls"]
+        rows.append(["losses + matmuls (arithmetic floor)", f"{floor * 1e3:.3f}", f"{by_part['per_row'] / floor:.1f}x"])
+        _print_table(f"3b. DGR step at C={breakdown_rows[0]['classes']}, CE + DAKD: parts of the vectorised step, "
+                     f"one race", ["what is timed", "ms", "per-row / this"], rows)
+
     goals = []
     balanced = [r for r in loss_rows if r["loss"] == "balanced_softmax_cross_entropy"]
     if balanced:
@@ -329,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "torch": torch.__version__, "threads": args.threads, "batch": args.batch, "repeats": args.repeats,
             "steady_malloc": steady,
-            "losses": loss_rows, "task_wise_kd": kd_rows, "dgr": dgr_rows,
+            "losses": loss_rows, "task_wise_kd": kd_rows, "dgr": dgr_rows, "dgr_breakdown": breakdown_rows,
             "goals": {name: ok for name, ok in goals},
         }
         Path(args.json).write_text(json.dumps(payload, indent=2))

@@ -29,13 +29,16 @@ def test_quick_benchmark_writes_json(tmp_path):
 
 
 @pytest.mark.skipif(not BENCH.exists(), reason="tools/bench_losses.py is not part of this checkout")
-def test_quick_benchmark_runs_only_the_sections_asked_for(tmp_path):
+def test_quick_benchmark_runs_only_the_sections_asked_for_and_the_breakdown(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_losses_sections_under_test", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "bench.json"
-    assert module.main(["--quick", "--default-malloc", "--sections", "dgr", "--json", str(out)]) == 0
+    assert module.main(["--quick", "--default-malloc", "--sections", "dgr", "--breakdown", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["losses"] == [] and data["task_wise_kd"] == []
     assert {row["losses"] for row in data["dgr"]} == {"dakd", "linear", "rewrite"}
+    parts = {row["part"]: row["seconds"] for row in data["dgr_breakdown"]}
+    assert set(parts) == {"per_row", "vectorised", "no_reweighting", "plain", "losses", "matmuls"}
+    assert all(t > 0 for t in parts.values())
     assert all("BalancedS-CE" not in name for name in data["goals"])

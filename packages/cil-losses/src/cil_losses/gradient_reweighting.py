@@ -65,6 +65,11 @@ def _forward(ctx, features, weight, bias, module):
     return logits, logits.clone()
 
 
+def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` without its graph (the layer's backward runs without one: no ``detach`` call there)."""
+    return t.detach() if t is not None and t.requires_grad else t
+
+
 _FUNCTIONS: dict[str, type[torch.autograd.Function]] = {}
 
 
@@ -180,9 +185,8 @@ class GradientReweighter(torch.nn.Module):
         self.last_weights = self.last_beta = self.last_ce_norms = self.last_kd_norms = None
 
     def _record(self, weights, beta, ce_norms, kd_norms) -> None:
-        self.last_weights, self.last_beta = weights.detach(), None if beta is None else beta.detach()
-        self.last_ce_norms = ce_norms.detach()
-        self.last_kd_norms = None if kd_norms is None else kd_norms.detach()
+        self.last_weights, self.last_beta = _detached(weights), _detached(beta)
+        self.last_ce_norms, self.last_kd_norms = _detached(ce_norms), _detached(kd_norms)
 
     # ------------------------------------------------------------------ the layer
     def forward(
