@@ -7,6 +7,11 @@ after warm-up), so that the noise of a shared machine hits both sides alike.
     hatch run bench losses                  # full table (about a minute)
     hatch run bench losses --quick          # a few-second smoke run
     python tools/bench.py losses --json out.json
+    python tools/bench.py losses --sections dgr --classes 1000 --breakdown   # only section 3, with 3b
+
+``--breakdown`` adds table 3b: the parts of the vectorised DGR step (CE + DAKD, largest C) timed in one
+race with the per-row step, including the arithmetic floor (the two losses plus the layer's four bare
+matrix products) that bounds any vectorised layer's speed-up.
 
 Goals (issue 3): BalancedS-CE ≤ 1.3× CE; fused task-wise KD ≥ 3× faster than the loop at 50 tasks;
 vectorised DGR step ≥ 10× faster than the per-row reference at C = 1000.
