@@ -38,9 +38,13 @@ def _subset_npz(ds: cil_data.ImageDataset, n: int, folder: Path) -> Path:
     g = np.random.default_rng(0)
     idx = np.sort(g.permutation(len(ds.train_labels))[:n])
     path = folder / "bench.npz"
-    np.savez(path, x_train=ds.train_images[idx, 0].numpy(), y_train=ds.train_labels[idx].numpy(),
-             x_test=ds.test_images[:200, 0].numpy(), y_test=ds.test_labels[:200].numpy(),
-             classes=np.array(ds.class_names))
+    x_tr, x_te = ds.train_images[idx], ds.test_images[:200]
+    if x_tr.shape[1] == 1:  # npz holds grey images as [N, H, W]
+        x_tr, x_te = x_tr[:, 0], x_te[:, 0]
+    else:
+        x_tr, x_te = x_tr.permute(0, 2, 3, 1), x_te.permute(0, 2, 3, 1)
+    np.savez(path, x_train=x_tr.numpy(), y_train=ds.train_labels[idx].numpy(), x_test=x_te.numpy(),
+             y_test=ds.test_labels[:200].numpy(), classes=np.array(ds.class_names))
     return path
 
 
@@ -89,10 +93,10 @@ def reference_loop(ds: cil_data.ImageDataset, backbone: str, epochs: int, batch_
     return {"images": n, "seconds": seconds, "img_per_s": n / seconds}
 
 
-def our_loop(npz: Path, backbone: str, epochs: int, batch_size: int, seed: int, amp: str, channels_last: bool,
+def our_loop(npz: Path, num_classes: int, backbone: str, epochs: int, batch_size: int, seed: int, amp: str, channels_last: bool,
              compile_: bool, out: Path, device: str) -> dict:
     cfg = RunConfig(
-        method="finetune", data="npz", data_root=str(npz), imbalance=1.0, increments=(10,), memory_per_class=0,
+        method="finetune", data="npz", data_root=str(npz), imbalance=1.0, increments=(num_classes,), memory_per_class=0,
         backbone=backbone, epochs=epochs, batch_size=batch_size, lr_schedule="constant", seed=seed, amp=amp,
         channels_last=channels_last, compile=compile_, checkpoint_every=0, plots=False, progress="none",
         out=str(out), device=device,
@@ -107,7 +111,9 @@ def our_loop(npz: Path, backbone: str, epochs: int, batch_size: int, seed: int, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=6000, help="training images (from the embedded data; default 6000)")
+    p.add_argument("--images", type=int, default=6000, help="training images (default 6000)")
+    p.add_argument("--npz", type=Path, help="take the images from this npz (x_train, y_train, ...) instead of the "
+                   "embedded Fashion-MNIST subset, e.g. ../shared/data/glyphs100.npz")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--backbone", default="resnet32")
@@ -124,11 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.backbone, args.epochs = 512, "resnet8", 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    ds_full = cil_data.load_embedded()
+    ds_full = cil_data.load_npz(args.npz) if args.npz else cil_data.load_embedded()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         npz = _subset_npz(ds_full, min(args.images, len(ds_full.train_labels)), tmp)
+        data_name = ds_full.name
         ds = cil_data.load_npz(npz)
         results["reference (DataLoader + per-image transforms, fp32 NCHW)"] = reference_loop(
             ds, args.backbone, args.epochs, args.batch_size, args.workers, args.seed)
@@ -137,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.compile:
             variants.append(("ours channels_last + autocast + compile", "auto", True, True))
         for i, (name, amp, cl, comp) in enumerate(variants):
-            results[name] = our_loop(npz, args.backbone, args.epochs, args.batch_size, args.seed, amp, cl, comp,
+            results[name] = our_loop(npz, ds.num_classes, args.backbone, args.epochs, args.batch_size, args.seed, amp, cl, comp,
                                      tmp / f"run{i}", args.device)
     ref = next(iter(results.values()))["img_per_s"]
-    print(f"loop speed: {args.backbone}, batch {args.batch_size}, {args.images} images × {args.epochs} epochs, "
+    print(f"loop speed: {args.backbone}, batch {args.batch_size}, {args.images} {data_name} images "
+          f"{'×'.join(map(str, ds_full.image_shape))} × {args.epochs} epochs, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"| loop | images/s | ratio to reference |\n|---|---:|---:|")
     for name, r in results.items():
@@ -150,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "benchmark": "loop", "backbone": args.backbone, "batch_size": args.batch_size, "images": args.images,
+            "benchmark": "loop", "data": data_name, "image_shape": list(ds_full.image_shape), "backbone": args.backbone, "batch_size": args.batch_size, "images": args.images,
             "epochs": args.epochs, "threads": torch.get_num_threads(), "workers": args.workers,
             "device": args.device, "torch": torch.__version__, "python": sys.version.split()[0],
             "results": results,

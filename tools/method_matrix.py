@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cil_train.compare import group_runs, load_run, markdown_table, summary_json, mean_curve
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--title", default="")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time; each gets cores/jobs threads unless the options set --threads")
     args = p.parse_args(argv)
     variants = parse_variants(args.methods, args.variant)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -105,10 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "matrix.json").write_text(json.dumps({
             "preset": args.preset, "variants": {lab: opts for lab, opts in variants}, "seeds": seeds,
             "common_options": common}, indent=2))
-        for k, (label, folder, opts, seed) in enumerate(cells, 1):
+        if args.jobs > 1 and "--threads" not in common:
+            common = [*common, "--threads", str(max(1, (os.cpu_count() or 1) // args.jobs))]
+
+        def one(k: int, label: str, folder: Path, opts: list[str], seed: int) -> None:
             start = time.perf_counter()
-            status = run_cell(folder, args.preset, opts, seed, common, args.out / "runs.log")
+            status = run_cell(folder, args.preset, opts, seed, common, args.out / f"runs-{k % args.jobs}.log")
             print(f"[{k}/{len(cells)}] {label} seed {seed}: {status} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            list(pool.map(lambda cell: one(*cell), [(k, *c) for k, c in enumerate(cells, 1)]))
     print(write_table(args.out, [(lab, folder) for lab, folder, _o, _s in cells], args.title), end="")
     return 0
 

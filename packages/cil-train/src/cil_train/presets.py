@@ -82,15 +82,15 @@ PRESETS: dict[str, Preset] = {
     "fmnist-lt-5x2-m1000": Preset("Fashion-MNIST-LT (Debian files) ρ=5000/206 as JIOC's CIFAR-10-LT, 5 tasks of 2, "
                                   "fixed memory 1,000", "JIOC protocol on Fashion-MNIST (CPU)",
                                   data="fashion-mnist", imbalance=5000 / 206, order="seed1993", phases=5,
-                                  memory_per_class=None, memory_total=1000, backbone="resnet20", epochs=8),
+                                  memory_per_class=None, memory_total=1000, backbone="resnet20", epochs=6, batch_size=64),
     "glyphs100-lt": Preset("glyphs100 npz ρ=100, shuffled (seed 1993), 10 tasks of 10, 20/class (CPU-sized)",
                            "LT-CIL LFS-10 protocol on ../shared/data/glyphs100.npz", data="npz",
                            data_root="../shared/data/glyphs100.npz", imbalance=100.0, order="seed1993", phases=10,
-                           memory_per_class=20, backbone="resnet20", epochs=8),
+                           memory_per_class=20, backbone="resnet20", epochs=6, batch_size=64),
     "glyphs100-lt-ordered": Preset("glyphs100 npz ρ=100, ordered (head first), 10 tasks of 10, 20/class",
                                    "LT-CIL ordered LFS-10 on glyphs100", data="npz",
                                    data_root="../shared/data/glyphs100.npz", imbalance=100.0, order="ordered",
-                                   phases=10, memory_per_class=20, backbone="resnet20", epochs=8),
+                                   phases=10, memory_per_class=20, backbone="resnet20", epochs=6, batch_size=64),
 }
 
 
