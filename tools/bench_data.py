@@ -18,6 +18,7 @@ Times are medians of --repeats runs after one warm-up; compare the ratios across
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -43,23 +44,13 @@ def median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]
     return statistics.median(times)
 
 
-def reference_herding(features: torch.Tensor, k: int) -> list[int]:
-    """Per-sample Python loop: at every step, the distance of each unchosen candidate in turn."""
-    f = features / features.norm(dim=1, keepdim=True)
-    mu = f.mean(0)
-    chosen: list[int] = []
-    total = torch.zeros_like(mu)
-    for step in range(1, min(k, len(f)) + 1):
-        best, best_dist = -1, float("inf")
-        for j in range(len(f)):
-            if j in chosen:
-                continue
-            dist = float((mu - (total + f[j]) / step).norm())
-            if dist < best_dist:
-                best, best_dist = j, dist
-        chosen.append(best)
-        total = total + f[best]
-    return chosen
+def _reference_herding():
+    """The per-sample Python-loop herding of cil-data's tests (packages/cil-data/tests/references.py)."""
+    path = Path(__file__).resolve().parents[1] / "packages" / "cil-data" / "tests" / "references.py"
+    spec = importlib.util.spec_from_file_location("cil_data_bench_references", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.reference_herding
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows: list[dict[str, object]] = []
+    reference_herding = _reference_herding()
 
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(args.n, args.d, generator=g)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 from pathlib import Path
 
@@ -52,3 +53,12 @@ def random_images(n: int, shape=(3, 8, 8), seed: int = 0) -> torch.Tensor:
 @pytest.fixture
 def make_images():
     return random_images
+
+
+@pytest.fixture(scope="session")
+def reference_herding():
+    """iCaRL herding written plainly (tests/references.py, shared with tools/bench_data.py)."""
+    spec = importlib.util.spec_from_file_location("cil_data_test_references", Path(__file__).with_name("references.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.reference_herding
