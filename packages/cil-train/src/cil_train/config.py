@@ -114,7 +114,7 @@ class RunConfig:
     (``--preset``) set their own backbone, epochs, batch size and schedule."""
 
     # -- experiment ------------------------------------------------------------------------
-    method: str = _opt("experiment", "incremental-learning method (see the list above)", _str, "dgr")
+    method: str = _opt("experiment", "incremental-learning method (see the list of methods below)", _str, "dgr")
     preset: str | None = _opt("experiment", "named paper protocol or CPU preset; explicit options override it", _opt_str)
     data: str = _opt("data", "data source", _choice(*DATA_SOURCES), "embedded")
     data_root: str | None = _opt(
