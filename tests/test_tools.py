@@ -56,5 +56,7 @@ def test_method_matrix_runs_and_tabulates(tmp_path):
     table = (out / "table.md").read_text()
     assert "| finetune | 2 |" in table and "| IC+KD | 2 |" in table
     assert (out / "accuracy.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["IC+KD"]["runs"] == ["runs/IC_KD-s1", "runs/IC_KD-s2"] and summary["IC+KD"]["seeds"] == [1, 2]
     again = _run(*args)  # finished cells are skipped
     assert again.returncode == 0 and again.stdout.count(": done") == 4

@@ -77,7 +77,10 @@ def write_table(out: Path, cells: list[tuple[str, Path]], title: str) -> str:
     groups = group_runs(runs)
     table = markdown_table(groups)
     (out / "table.md").write_text((f"## {title}\n\n" if title else "") + table)
-    (out / "summary.json").write_text(json.dumps(summary_json(groups), indent=2))
+    summary = summary_json(groups)
+    for entry in summary.values():  # run folders relative to OUT, so that a committed summary stays valid
+        entry["runs"] = [os.path.relpath(folder, out) for folder in entry["runs"]]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_accuracy_curves([(lab, mean_curve(rs)) for lab, rs in groups.items()], out / "accuracy.png", title)
     return table
 
