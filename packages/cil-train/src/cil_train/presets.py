@@ -81,7 +81,7 @@ PRESETS: dict[str, Preset] = {
     # phase under-trained (finetune: 50 % vs 61 % after phase 1 on glyphs100-lt), which then penalised every
     # distillation-heavy method through a weak teacher.
     # Fashion-MNIST-LT has about 3,900 new images per phase (glyphs100-LT: about 1,800), so 5 epochs give it about
-    # 300 optimiser steps per phase (glyphs100-LT at 15 epochs: about 650) at a third of the cost of a glyphs100 run.
+    # 380 optimiser steps per phase (glyphs100-LT at 15 epochs: about 650) at a third of the cost of a glyphs100 run.
     "embedded-lt": Preset("the no-argument run: embedded Fashion-MNIST subset, ρ=10, 5 tasks of 2, 20/class",
                           "this project (CPU demo)", data="embedded", imbalance=10.0, order="seed1993", phases=5,
                           memory_per_class=20),
