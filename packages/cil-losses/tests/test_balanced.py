@@ -146,6 +146,38 @@ def test_logit_adjusted_cross_entropy(gen, rand, grad_of, close):
         L.logit_adjusted_cross_entropy(z, y.double(), per_class)
 
 
+def test_offsets_memo_fast_path_never_serves_another_configuration(gen, rand, close):
+    """The latest-entry shortcut of the memo: other counts, arguments, dtypes or a recycled id all miss it."""
+    z, y = rand(gen, 4, 3), torch.tensor([0, 1, 2, 1])
+
+    def expected(lam, logits=z):
+        return F.cross_entropy(logits.double() + torch.tensor(lam, dtype=torch.float64).log(), y)
+
+    a, b = torch.tensor([5.0, 10.0, 20.0]), torch.tensor([1.0, 2.0, 4.0])
+    for _ in range(2):                                  # alternate between two count tensors
+        close(L.balanced_softmax_cross_entropy(z, y, a), expected([5.0, 10.0, 20.0]))
+        close(L.balanced_softmax_cross_entropy(z, y, b), expected([1.0, 2.0, 4.0]))
+    close(L.balanced_softmax_cross_entropy(z, y, b, num_old=1, alpha=0.5), expected([0.5, 2.0, 4.0]))
+    close(L.balanced_softmax_cross_entropy(z, y, b, num_old=2, alpha=0.5), expected([0.5, 1.0, 4.0]))
+    close(L.balanced_softmax_cross_entropy(z, y, b, num_old=2, alpha=0.25), expected([0.25, 0.5, 4.0]))
+    close(L.balanced_softmax_cross_entropy(z, y, b, num_old=2, eps=3.0), expected([3.0, 3.0, 4.0]))
+    close(L.balanced_softmax_cross_entropy(z, y, b, num_old=2, eps=2.0), expected([2.0, 2.0, 4.0]))
+    zero = torch.tensor([0.0, 2.0, 4.0])
+    close(L.balanced_softmax_cross_entropy(z, y, zero), expected([1e-12, 2.0, 4.0]))
+    close(L.balanced_softmax_cross_entropy(z, y, zero, min_lambda=1.0), expected([1.0, 2.0, 4.0]))
+    z32 = z.float()
+    out = L.balanced_softmax_cross_entropy(z32, y, b)    # float32 logits: float32 offsets, not the float64 ones
+    assert out.dtype == torch.float32
+    from cil_losses.balanced import _offsets_for_step
+    for dtype in (torch.float64, torch.float32, torch.float64):
+        assert _offsets_for_step(b, 0, 1.0, None, 1e-12, dtype, z.device).dtype == dtype
+    close(out.double(), expected([1.0, 2.0, 4.0], z32), atol=1e-6, rtol=1e-6)
+    for values in ([3.0, 3.0, 3.0], [9.0, 1.0, 1.0]):   # fresh tensors (CPython may reuse the freed id)
+        del a
+        a = torch.tensor(values)
+        close(L.balanced_softmax_cross_entropy(z, y, a), expected(values))
+
+
 def test_offsets_memo_follows_in_place_changes_of_the_counts(gen, rand, close):
     z, y = rand(gen, 4, 3), torch.tensor([0, 1, 2, 1])
     counts = torch.tensor([5.0, 10.0, 20.0])

@@ -28,7 +28,7 @@ def _loss_fn(num_old, y, teacher, offsets, lost, kd_weight, dakd=True, use_kd=Tr
         ce = F.cross_entropy(z_ce.double() + offsets, y)
         if num_old == 0 or not use_kd:
             return ce, None
-        student = z_kd.double()[:, :num_old]
+        student = z_kd.double()[:, :num_old]   # the layer's z_kd has num_old columns; the reference passes all
         kd = L.dakd_loss(student, teacher, lost, T) if dakd else L.kd_loss(student, teacher, T)
         return ce, kd_weight * T * T * kd
 
@@ -127,9 +127,26 @@ def test_kd_stream_never_reaches_new_rows(gen):
     rw.start_phase(5, 3, 100, 50)
     w = torch.randn(5, D, dtype=torch.float64, requires_grad=True)
     h = torch.randn(4, D, dtype=torch.float64)
-    _, z_kd = rw(h, w, None)
-    z_kd.sum().backward()  # a "KD" that (wrongly) touches the new columns too
+    z_ce, z_kd = rw(h, w, None)
+    assert z_kd.shape == (4, 3) and torch.equal(z_kd, z_ce[:, :3])   # the old columns only
+    z_kd.sum().backward()
     assert torch.all(w.grad[3:] == 0) and torch.any(w.grad[:3] != 0)
+
+
+def test_outputs_are_separate_tensors(gen):
+    """z_kd is a copy of the old columns: in-place changes of one stream leave the other alone."""
+    rw = L.GradientReweighter()
+    rw.start_phase(5, 3, 100, 50)
+    w = torch.randn(5, D, dtype=torch.float64, requires_grad=True)
+    z_ce, z_kd = rw(torch.randn(4, D, dtype=torch.float64), w, None)
+    before = z_kd.detach().clone()
+    z_ce.mul_(2.0)
+    assert torch.equal(z_kd.detach(), before)
+    rw.start_phase(5, 0, 0, 50)
+    z_ce, z_kd = rw(torch.randn(4, D, dtype=torch.float64), w, None)
+    assert z_kd.shape == (4, 0)
+    F.cross_entropy(z_ce, torch.tensor([0, 1, 2, 4])).backward()   # phase 0: no KD stream
+    assert torch.isfinite(w.grad).all()
 
 
 @pytest.mark.parametrize("phase", ["base", "incremental"])
@@ -187,7 +204,7 @@ def test_no_grad_forward_and_phase_context():
         rw.start_phase(3, 3, 10, 10)
     with torch.no_grad():
         z_ce, z_kd = rw(torch.randn(2, D), torch.randn(3, D, requires_grad=True), None)
-    assert torch.equal(z_ce, z_kd) and torch.all(rw.phi == 0)
+    assert z_kd.shape == (2, 0) and torch.equal(z_ce[:, :0], z_kd) and torch.all(rw.phi == 0)
 
 
 def test_log_prior_offsets_and_state_dict(gen):

@@ -19,6 +19,11 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def logits_2d(name: str, value: object, min_columns: int = 1) -> torch.Tensor:
     """Return ``value`` if it is a floating-point tensor of shape ``[B, C]`` with ``B >= 1``, ``C >= min_columns``."""
+    # fast path first (one shape read): these checks run on every loss call
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        shape = value.shape
+        if len(shape) == 2 and shape[0] >= 1 and shape[1] >= min_columns:
+            return value
     if not isinstance(value, torch.Tensor):
         raise LossTypeError(f"{name} must be a torch.Tensor of shape [B, C], got {type(value).__name__}")
     if not value.is_floating_point():
@@ -27,20 +32,27 @@ def logits_2d(name: str, value: object, min_columns: int = 1) -> torch.Tensor:
         raise LossArgumentError(f"{name} must have shape [B, C] (2 dimensions), got shape {tuple(value.shape)}")
     if value.shape[0] < 1:
         raise LossArgumentError(f"{name} must hold at least one sample, got shape {tuple(value.shape)}")
-    if value.shape[1] < min_columns:
-        raise LossArgumentError(f"{name} must have at least {min_columns} class column(s), got shape {tuple(value.shape)}")
-    return value
+    raise LossArgumentError(f"{name} must have at least {min_columns} class column(s), got shape {tuple(value.shape)}")
+
+
+_INTEGER_DTYPES = frozenset(
+    dt for dt in (getattr(torch, n, None) for n in ("uint8", "int8", "int16", "int32", "int64", "uint16", "uint32",
+                                                      "uint64"))
+    if dt is not None
+)
 
 
 def targets_1d(name: str, value: object, batch: int) -> torch.Tensor:
     """Return ``value`` if it is an integer tensor of shape ``[batch]``."""
+    if isinstance(value, torch.Tensor) and value.dtype in _INTEGER_DTYPES and value.shape == (batch,):
+        return value
     if not isinstance(value, torch.Tensor):
         raise LossTypeError(f"{name} must be an integer torch.Tensor of shape [{batch}], got {type(value).__name__}")
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise LossTypeError(f"{name} must have an integer dtype (class indices), got {value.dtype}")
     if value.dim() != 1 or value.shape[0] != batch:
         raise LossArgumentError(f"{name} must have shape [{batch}] (one class index per sample), got {tuple(value.shape)}")
-    return value
+    return value  # an integer dtype this module does not list (e.g. a future one)
 
 
 def mask_1d(name: str, value: object, batch: int, device: torch.device) -> torch.Tensor:

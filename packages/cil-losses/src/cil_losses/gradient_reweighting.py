@@ -8,10 +8,12 @@ gradients of the FC rows, vectorised (no loop over classes or tasks):
   phase 0: ``α_c·∇L_CE``;
 * ``Φ_c += ‖∂L_CE/∂W_c‖₂`` (bias excluded) every step, before the ratios are computed (authors' order).
 
-The layer returns the logits twice, ``(z_ce, z_kd)``; the caller builds ``L_CE`` from ``z_ce`` only
-and the weighted distillation ``λ_KD·T²·L_DAKD`` from ``z_kd[:, :num_old]`` only, adds them and calls
+The layer returns the logits in two streams, ``(z_ce, z_kd)``: ``z_ce = h·Wᵀ + b`` (``[B, C]``) and
+``z_kd = z_ce[:, :num_old]`` (``[B, C_old]``, a copy of the old columns); the caller builds ``L_CE`` from
+``z_ce`` only and the weighted distillation ``λ_KD·T²·L_DAKD`` from ``z_kd`` only, adds them and calls
 ``backward()`` once. Because the two streams arrive separately in the backward, the row gradients
-``G_CEᵀh`` and ``G_KDᵀh`` come from two matrix products and no second backward pass is needed.
+``G_CEᵀh`` and ``G_KDᵀh`` come from two matrix products and no second backward pass is needed; ``z_kd``
+holds only the old columns, so no ``[B, C]`` zero-padded gradient is built for the KD stream.
 """
 
 from __future__ import annotations
@@ -37,16 +39,22 @@ def _backward(ctx, grad_ce: torch.Tensor | None, grad_kd: torch.Tensor | None):
     if grad_ce is None:
         grad_ce = torch.zeros(features.shape[0], weight.shape[0], dtype=dtype, device=features.device)
     needs_features, needs_weight, needs_bias, _ = ctx.needs_input_grad
+    if num_old == 0:
+        grad_kd = None                                               # z_kd is [B, 0]
     grad_features = None
     if needs_features:
-        grad_features = (grad_ce if grad_kd is None else grad_ce + grad_kd).mm(weight)
+        if grad_kd is None:
+            grad_logits = grad_ce
+        else:                                                        # ∂(L_CE + L_KD)/∂z, [B, C]
+            grad_logits = grad_ce.clone()
+            grad_logits[:, :num_old] += grad_kd
+        grad_features = grad_logits.mm(weight)
     ce_rows = grad_ce.t().mm(features).to(dtype)                     # ∂L_CE/∂W, [C, D]
     ce_bias = grad_ce.sum(dim=0).to(dtype)                           # ∂L_CE/∂b, [C]
     kd_rows = kd_bias = None
-    if num_old > 0 and grad_kd is not None:
-        kd_logits = grad_kd[:, :num_old]
-        kd_rows = kd_logits.t().mm(features).to(dtype)               # ∂L_KD/∂W_old, [C_old, D]
-        kd_bias = kd_logits.sum(dim=0).to(dtype)
+    if grad_kd is not None:
+        kd_rows = grad_kd.t().mm(features).to(dtype)                 # ∂L_KD/∂W_old, [C_old, D]
+        kd_bias = grad_kd.sum(dim=0).to(dtype)
     grad_weight, grad_bias = module._reweight(ce_rows, ce_bias, kd_rows, kd_bias, in_place=True)
     return (
         grad_features,
@@ -62,7 +70,7 @@ def _forward(ctx, features, weight, bias, module):
     ctx.module = module
     ctx.has_bias = bias is not None
     ctx.set_materialize_grads(False)
-    return logits, logits.clone()
+    return logits, logits[:, : module.num_old].clone()
 
 
 def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -97,7 +105,8 @@ class GradientReweighter(torch.nn.Module):
     """Accumulated-gradient tracker and reweighted classifier layer of GR / DGR (He, CVPR 2024).
 
     Per phase: ``start_phase(num_classes, num_old, n_seen, n_new)`` resets ``Φ ← 0``; each step
-    ``z_ce, z_kd = reweighter(features, weight, bias)``; ``(L_CE(z_ce) + λ_KD·T²·L_DAKD(z_kd[:, :num_old])).backward()``.
+    ``z_ce, z_kd = reweighter(features, weight, bias)``; ``(L_CE(z_ce) + λ_KD·T²·L_DAKD(z_kd)).backward()``
+    (``z_kd``: the old classes' logits only).
 
     The backward (METHODS.md §4, authors' order of operations):
 
@@ -192,7 +201,8 @@ class GradientReweighter(torch.nn.Module):
     def forward(
         self, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z_ce, z_kd)``, both equal to ``features @ weight.T + bias`` (computed once).
+        """``(z_ce, z_kd)``: ``z_ce = features @ weight.T + bias`` (``[B, C]``, computed once) and
+        ``z_kd = z_ce[:, :num_old]`` (``[B, C_old]``, ``[B, 0]`` in phase 0), separate tensors.
 
         Args:
             features: ``[B, D]`` penultimate features.
@@ -220,7 +230,7 @@ class GradientReweighter(torch.nn.Module):
         )
         if not needs_grad:
             logits = F.linear(features, weight, bias)
-            return logits, logits
+            return logits, logits[:, : self.num_old]
         return _function_for(features.device.type).apply(features, weight, bias, self)
 
     def reweight_row_gradients(

@@ -59,7 +59,7 @@ class DGR(Recipe):
         if ctx.num_old == 0:
             return ce, {"ce": ce.detach()}
         T = self.cfg.kd_temperature
-        student = z_kd.float()[:, : ctx.num_old]
+        student = z_kd.float()                     # [B, num_old]: the old classes' logits
         teacher = ctx.teacher_logits(batch.x).float()
         if self.cfg.dgr_dakd:
             kd = L.dakd_loss(student, teacher, self._lost, T)
