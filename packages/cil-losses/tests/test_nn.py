@@ -47,3 +47,19 @@ def test_module_argument_errors():
         LN.KDLoss(-1.0)
     with pytest.raises(L.LossArgumentError, match="reduction"):
         LN.InputCoordinationCE(reduction="avg")
+
+
+def test_balanced_module_checks_its_inputs(gen, rand):
+    module = LN.BalancedSoftmaxCE([1.0, 2.0, 3.0])
+    z, y = rand(gen, 4, 3), torch.tensor([0, 1, 2, 1])
+    assert torch.isfinite(module(z, y))
+    with pytest.raises(L.LossArgumentError, match="set_counts"):
+        module(rand(gen, 4, 5), y)                    # counts of 3 classes, logits of 5
+    with pytest.raises(L.LossTypeError, match="targets"):
+        module(z, y.double())
+    with pytest.raises(L.LossArgumentError, match="targets"):
+        module(z, y[:3])
+    with pytest.raises(L.LossTypeError, match="logits"):
+        module(z.long(), y)
+    with pytest.raises(L.LossArgumentError, match="logits"):
+        module(z[0], y)

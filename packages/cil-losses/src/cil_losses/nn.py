@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 
 from . import _checks
-from .balanced import DEFAULT_MIN_LAMBDA, balanced_softmax_offsets, logit_adjusted_cross_entropy
+from .balanced import DEFAULT_MIN_LAMBDA, _shifted_cross_entropy, balanced_softmax_offsets, logit_adjusted_cross_entropy
+from .errors import LossArgumentError
 from .dgr import dakd_loss
 from .distillation import kd_loss, output_coordination_kd, task_wise_kd
 from .gradient_reweighting import GradientReweighter
@@ -101,7 +102,13 @@ class BalancedSoftmaxCE(torch.nn.Module):
         self.offsets = offsets if isinstance(class_counts, torch.Tensor) else offsets.to(self.offsets.device)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return logit_adjusted_cross_entropy(logits, targets, self.offsets, self.reduction)
+        offsets = self._buffers["offsets"]        # the buffer without nn.Module.__getattr__ (every step)
+        logits = _checks.logits_2d("logits", logits)
+        targets = _checks.targets_1d("targets", targets, logits.shape[0])
+        if offsets.shape[0] != logits.shape[1]:
+            raise LossArgumentError(f"logits have {logits.shape[1]} columns but the counts given to "
+                                    f"BalancedSoftmaxCE have {offsets.shape[0]} entries (call set_counts)")
+        return _shifted_cross_entropy(logits, targets, offsets, self.reduction)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         saved = state_dict.get(prefix + "offsets")
