@@ -42,3 +42,25 @@ def test_quick_benchmark_runs_only_the_sections_asked_for_and_the_breakdown(tmp_
     assert set(parts) == {"per_row", "vectorised", "no_reweighting", "plain", "losses", "matmuls"}
     assert all(t > 0 for t in parts.values())
     assert all("BalancedS-CE" not in name for name in data["goals"])
+
+
+@pytest.mark.skipif(not BENCH.exists(), reason="tools/bench_losses.py is not part of this checkout")
+def test_quick_benchmark_over_several_runs_reports_medians_and_ranges(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_losses_runs_under_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    assert module.main(["--quick", "--default-malloc", "--runs", "3", "--sections", "losses", "dgr",
+                        "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["runs"] == 3 and len(data["per_run"]) == 3
+    for row in data["losses"]:
+        same = sorted(run["losses"][i]["ratio_to_ce"] for run in data["per_run"]
+                      for i, r in enumerate(run["losses"]) if r["loss"] == row["loss"])
+        assert row["ratio_to_ce"] == same[1]                               # the median of the three runs
+        assert (row["ratio_to_ce_min"], row["ratio_to_ce_max"]) == (same[0], same[2])
+    assert all(row["speedup_min"] <= row["speedup"] <= row["speedup_max"] for row in data["dgr"])
+    assert set(data["goals_met_in_runs"]) == set(data["goals"])
+    assert all(0 <= n <= 3 for n in data["goals_met_in_runs"].values())
+    with pytest.raises(SystemExit):
+        module.main(["--quick", "--runs", "0"])
