@@ -62,10 +62,12 @@ def logit_adjusted_cross_entropy(
 
 
 def _shifted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor, how: str) -> torch.Tensor:
-    z = _checks.upcast(logits)
-    if offsets.dtype != z.dtype:
-        offsets = offsets.to(z.dtype)
-    return F.cross_entropy(z + offsets, targets, reduction=how)
+    dtype = logits.dtype                      # dtypes are singletons: `is` (this runs on every step)
+    if dtype is not torch.float32 and dtype is not torch.float64:
+        logits, dtype = logits.float(), torch.float32             # half/bfloat16: computed in float32
+    if offsets.dtype is not dtype:
+        offsets = offsets.to(dtype)
+    return F.cross_entropy(logits + offsets, targets, reduction=how)
 
 
 def _counts_tensor(class_counts: Counts, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
