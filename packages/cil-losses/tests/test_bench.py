@@ -11,13 +11,19 @@ import pytest
 BENCH = Path(__file__).resolve().parents[3] / "tools" / "bench_losses.py"
 
 
-@pytest.mark.skipif(not BENCH.exists(), reason="tools/bench_losses.py is not part of this checkout")
-def test_quick_benchmark_writes_json(tmp_path):
+@pytest.fixture
+def bench():
+    """tools/bench_losses.py as a module (a fresh one per test)."""
     spec = importlib.util.spec_from_file_location("bench_losses_under_test", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not BENCH.exists(), reason="tools/bench_losses.py is not part of this checkout")
+def test_quick_benchmark_writes_json(tmp_path, bench):
     out = tmp_path / "bench.json"
-    assert module.main(["--quick", "--default-malloc", "--json", str(out)]) == 0
+    assert bench.main(["--quick", "--default-malloc", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["steady_malloc"] is False
     names = {row["loss"] for row in data["losses"]}
@@ -29,12 +35,9 @@ def test_quick_benchmark_writes_json(tmp_path):
 
 
 @pytest.mark.skipif(not BENCH.exists(), reason="tools/bench_losses.py is not part of this checkout")
-def test_quick_benchmark_runs_only_the_sections_asked_for_and_the_breakdown(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_losses_sections_under_test", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_quick_benchmark_runs_only_the_sections_asked_for_and_the_breakdown(tmp_path, bench):
     out = tmp_path / "bench.json"
-    assert module.main(["--quick", "--default-malloc", "--sections", "dgr", "--breakdown", "--json", str(out)]) == 0
+    assert bench.main(["--quick", "--default-malloc", "--sections", "dgr", "--breakdown", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["losses"] == [] and data["task_wise_kd"] == []
     assert {row["losses"] for row in data["dgr"]} == {"dakd", "linear", "rewrite"}
@@ -45,12 +48,9 @@ def test_quick_benchmark_runs_only_the_sections_asked_for_and_the_breakdown(tmp_
 
 
 @pytest.mark.skipif(not BENCH.exists(), reason="tools/bench_losses.py is not part of this checkout")
-def test_quick_benchmark_over_several_runs_reports_medians_and_ranges(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_losses_runs_under_test", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_quick_benchmark_over_several_runs_reports_medians_and_ranges(tmp_path, bench):
     out = tmp_path / "bench.json"
-    assert module.main(["--quick", "--default-malloc", "--runs", "3", "--sections", "losses", "dgr",
+    assert bench.main(["--quick", "--default-malloc", "--runs", "3", "--sections", "losses", "dgr",
                         "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["runs"] == 3 and len(data["per_run"]) == 3
@@ -63,4 +63,4 @@ def test_quick_benchmark_over_several_runs_reports_medians_and_ranges(tmp_path):
     assert set(data["goals_met_in_runs"]) == set(data["goals"])
     assert all(0 <= n <= 3 for n in data["goals_met_in_runs"].values())
     with pytest.raises(SystemExit):
-        module.main(["--quick", "--runs", "0"])
+        bench.main(["--quick", "--runs", "0"])
