@@ -8,7 +8,7 @@ after warm-up), so that the noise of a shared machine hits both sides alike.
     hatch run bench losses --quick          # a few-second smoke run
     python tools/bench.py losses --json out.json
     python tools/bench.py losses --sections dgr --classes 1000 --breakdown   # only section 3, with 3b
-    python tools/bench.py losses --repeats 21 --breakdown --runs 5   # the package README's tables
+    python tools/bench.py losses --repeats 21 --breakdown --runs 7   # the package README's tables
 
 ``--breakdown`` adds table 3b: the parts of the vectorised DGR step (CE + DAKD, largest C) timed in one
 race with the per-row step, including the arithmetic floor (the two losses plus the layer's four bare
@@ -333,7 +333,7 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
 
 
-#: per section: the figure that a goal or a reader compares, and the fields that name a row
+#: per section: the figure that a goal or a reader compares (its range is reported over the runs)
 _METRIC = {"losses": "ratio_to_ce", "task_wise_kd": "speedup", "dgr": "speedup", "dgr_breakdown": "per_row_ratio",
            "dgr_floor": "per_row_ratio"}
 

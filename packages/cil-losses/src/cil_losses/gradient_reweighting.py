@@ -202,7 +202,8 @@ class GradientReweighter(torch.nn.Module):
         self, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z_ce, z_kd)``: ``z_ce = features @ weight.T + bias`` (``[B, C]``, computed once) and
-        ``z_kd = z_ce[:, :num_old]`` (``[B, C_old]``, ``[B, 0]`` in phase 0), separate tensors.
+        ``z_kd = z_ce[:, :num_old]`` (``[B, C_old]``, ``[B, 0]`` in phase 0): a separate tensor when
+        gradients are recorded, a view of ``z_ce`` under ``torch.no_grad()``.
 
         Args:
             features: ``[B, D]`` penultimate features.

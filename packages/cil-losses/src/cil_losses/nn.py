@@ -12,9 +12,14 @@ from collections.abc import Sequence
 import torch
 
 from . import _checks
-from .balanced import DEFAULT_MIN_LAMBDA, _shifted_cross_entropy, balanced_softmax_offsets, logit_adjusted_cross_entropy
-from .errors import LossArgumentError
+from .balanced import (
+    DEFAULT_MIN_LAMBDA,
+    _shifted_cross_entropy,
+    balanced_softmax_offsets,
+    logit_adjusted_cross_entropy,
+)
 from .dgr import dakd_loss
+from .errors import LossArgumentError
 from .distillation import kd_loss, output_coordination_kd, task_wise_kd
 from .gradient_reweighting import GradientReweighter
 from .jioc import input_coordination_ce, jioc_loss, new_head_suppression
