@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import cil_losses as L
+from cil_losses import balanced
 from cil_losses.errors import LossArgumentError, LossTypeError
 
 COUNTS = [20.0, 20.0, 3.0, 500.0, 120.0, 7.0, 1.0]
@@ -189,3 +190,102 @@ def test_offsets_memo_follows_in_place_changes_of_the_counts(gen, rand, close):
           F.cross_entropy(z + torch.tensor([5.0, 10.0, 20.0], dtype=torch.float64).log(), y))
     with pytest.raises(LossArgumentError, match="class_counts"):
         L.balanced_softmax_cross_entropy(z, y, [1.0, -1.0, 2.0])
+
+
+# --------------------------------------------------------------------------- fused CPU cross-entropy
+@pytest.fixture
+def fused_always(monkeypatch):
+    """Route every CPU call of the shifted cross-entropy through ShiftedCrossEntropyFunction."""
+    monkeypatch.setattr(balanced, "FUSED_MIN_NUMEL", 0)
+
+
+def _reference_shifted_ce(z, y, offsets, reduction):
+    per_sample = -torch.log_softmax(z + offsets, dim=1)[torch.arange(z.shape[0]), y]
+    return {"mean": per_sample.mean(), "sum": per_sample.sum(), "none": per_sample}[reduction]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("per_sample_offsets", [False, True], ids=["offsets[C]", "offsets[B,C]"])
+def test_fused_shifted_ce_matches_reference(reduction, per_sample_offsets, fused_always, gen, rand, grad_of, close):
+    z, y = rand(gen, 7, 5, grad=True), _targets(gen, 7, 5)
+    offsets = rand(gen, 7, 5) if per_sample_offsets else rand(gen, 5)
+    got = L.logit_adjusted_cross_entropy(z, y, offsets, reduction=reduction)
+    assert got.grad_fn is not None and "ShiftedCrossEntropy" in type(got.grad_fn).__name__
+    want = _reference_shifted_ce(z, y, offsets, reduction)
+    close(got, want)
+    upstream = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+    (g_got,) = torch.autograd.grad(got, z, upstream)
+    (g_want,) = torch.autograd.grad(want, z, upstream)
+    close(g_got, g_want)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_shifted_ce_gradcheck_and_second_order(reduction, fused_always, gen, rand):
+    z, y, offsets = rand(gen, 4, 6, grad=True), _targets(gen, 4, 6), rand(gen, 6)
+
+    def loss(x):
+        return L.logit_adjusted_cross_entropy(x, y, offsets, reduction=reduction)
+
+    assert torch.autograd.gradcheck(loss, (z,))
+    assert torch.autograd.gradgradcheck(loss, (z,))         # create_graph: the differentiable backward
+
+
+def test_fused_shifted_ce_edge_cases(fused_always, close):
+    # one class: loss 0, gradient 0
+    z = torch.randn(3, 1, dtype=torch.float64, requires_grad=True)
+    loss = L.logit_adjusted_cross_entropy(z, torch.zeros(3, dtype=torch.long), torch.zeros(1, dtype=torch.float64))
+    loss.backward()
+    close(loss, torch.zeros((), dtype=torch.float64))
+    close(z.grad, torch.zeros_like(z))
+    # batch of one with logits of ±1e4, float32 and float64 against the float64 reference
+    values = [[1e4, -1e4, 0.0, -1e4, 1e4, 3.0, -1e4]]
+    offsets = torch.tensor(COUNTS, dtype=torch.float64).log()
+    z64 = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+    want = _reference_shifted_ce(z64, torch.tensor([4]), offsets, "mean")
+    (g_want,) = torch.autograd.grad(want, z64)
+    for dtype in (torch.float32, torch.float64):
+        z = torch.tensor(values, dtype=dtype, requires_grad=True)
+        got = L.logit_adjusted_cross_entropy(z, torch.tensor([4]), offsets.to(dtype))
+        (g_got,) = torch.autograd.grad(got, z)
+        assert torch.isfinite(got) and torch.isfinite(g_got).all()
+        torch.testing.assert_close(got.double(), want, atol=2e-3, rtol=1e-6)   # float32 spacing at 1e4: 1e-3
+        torch.testing.assert_close(g_got.double(), g_want, atol=1e-6, rtol=1e-5)
+    # a class with zero count (offset log 1e-12) gets (almost) no probability and no NaN
+    z = torch.randn(4, 3, requires_grad=True)
+    offsets = L.balanced_softmax_offsets([0.0, 5.0, 9.0])
+    loss = L.logit_adjusted_cross_entropy(z, torch.tensor([1, 2, 1, 2]), offsets)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all() and z.grad[:, 0].abs().max() < 1e-9
+
+
+def test_fused_shifted_ce_backward_twice_with_retained_graph(fused_always, gen, rand, close):
+    z, y, offsets = rand(gen, 5, 4, grad=True), _targets(gen, 5, 4), rand(gen, 4)
+    loss = L.logit_adjusted_cross_entropy(z, y, offsets)
+    (first,) = torch.autograd.grad(loss, z, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, z)
+    close(first, second)
+
+
+def test_fused_shifted_ce_target_out_of_range(fused_always):
+    with pytest.raises(LossArgumentError, match=r"targets must be class indices in \[0, 4\)"):
+        L.logit_adjusted_cross_entropy(torch.randn(2, 4), torch.tensor([0, 4]), torch.zeros(4))
+
+
+def test_shifted_ce_dispatch(gen, rand, grad_of, close):
+    """Large CPU inputs take the fused Function, small ones F.cross_entropy; offsets that need a gradient
+    always take F.cross_entropy (and get their gradient); both paths give the same loss."""
+    rows = balanced.FUSED_MIN_NUMEL // 50 + 1
+    z, y = rand(gen, rows, 50, dtype=torch.float32, grad=True), _targets(gen, rows, 50)
+    offsets = rand(gen, 50, dtype=torch.float32)
+    fused = L.logit_adjusted_cross_entropy(z, y, offsets)
+    assert "ShiftedCrossEntropy" in type(fused.grad_fn).__name__
+    small = L.logit_adjusted_cross_entropy(z[:4], y[:4], offsets)
+    assert "ShiftedCrossEntropy" not in type(small.grad_fn).__name__
+    learned = offsets.clone().requires_grad_()
+    plain = L.logit_adjusted_cross_entropy(z, y, learned)
+    assert "ShiftedCrossEntropy" not in type(plain.grad_fn).__name__
+    close(fused, plain, atol=1e-6, rtol=1e-6)
+    g_fused, = grad_of(fused, z)
+    g_plain, g_offsets = grad_of(plain, z, learned)
+    close(g_fused, g_plain, atol=1e-8, rtol=1e-5)
+    close(g_offsets, g_plain.sum(0), atol=1e-6, rtol=1e-5)

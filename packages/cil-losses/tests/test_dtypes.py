@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import cil_losses as L
+from cil_losses import balanced
 
 C, C_OLD, B = 10, 6, 8
 BOUNDS = [0, 3, 6]
@@ -25,6 +26,21 @@ LOSSES = {
     "jioc": lambda z, y, t, m: L.jioc_loss(z, y, t, BOUNDS, m),
     "dakd": lambda z, y, t, m: L.dakd_loss(z[:, :C_OLD], t, [5, 0, 3, 9, 1, 2]),
 }
+
+
+def _fused(loss):
+    """``loss`` with the fused CPU cross-entropy forced (it is chosen only for large inputs otherwise)."""
+    def run(z, y, t, m):
+        saved, balanced.FUSED_MIN_NUMEL = balanced.FUSED_MIN_NUMEL, 0
+        try:
+            return loss(z, y, t, m)
+        finally:
+            balanced.FUSED_MIN_NUMEL = saved
+    return run
+
+
+LOSSES["logit_adjusted_fused"] = _fused(LOSSES["logit_adjusted"])
+LOSSES["balanced_fused"] = _fused(LOSSES["balanced"])
 
 
 def _inputs(dtype, batch=B):

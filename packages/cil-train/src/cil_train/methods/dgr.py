@@ -55,7 +55,7 @@ class DGR(Recipe):
         z_ce, z_kd = self.reweighter(feats, head.full_weight(), head.full_bias())
         offsets = self._offsets(ctx)
         z_ce = z_ce.float()
-        ce = F.cross_entropy(z_ce if offsets is None else z_ce + offsets, batch.y)
+        ce = F.cross_entropy(z_ce, batch.y) if offsets is None else L.logit_adjusted_cross_entropy(z_ce, batch.y, offsets)
         if ctx.num_old == 0:
             return ce, {"ce": ce.detach()}
         T = self.cfg.kd_temperature
