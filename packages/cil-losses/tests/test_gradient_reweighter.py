@@ -57,13 +57,14 @@ CONFIGS = {
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("phase", ["base", "incremental"])
 @pytest.mark.parametrize("dakd", [True, False], ids=["dakd", "kd"])
-def test_matches_per_row_reference_over_several_steps(config, phase, dakd, gen, ref):
+@pytest.mark.parametrize("host_ratios", [True, False], ids=["host-ratios", "tensor-ratios"])
+def test_matches_per_row_reference_over_several_steps(config, phase, dakd, host_ratios, gen, ref):
     sizes = BLOCKS[:1] if phase == "base" else BLOCKS
     num_classes = sum(sizes)
     num_old = 0 if phase == "base" else sizes[0] + sizes[1]
     n_seen, n_new = 900.0, 150.0
     options = CONFIGS[config]
-    rw = L.GradientReweighter(phi_dtype=torch.float64, **options)
+    rw = L.GradientReweighter(phi_dtype=torch.float64, host_ratios=host_ratios, **options)
     rw.start_phase(num_classes, num_old, n_seen, n_new)
     gamma = L.dgr_attenuation_gamma(n_seen, n_new) if num_old else 1.0
     kd_weight = L.dgr_kd_weight(n_seen, n_new) if num_old else 0.0
@@ -227,9 +228,10 @@ def test_log_prior_offsets_and_state_dict(gen):
 
 
 @pytest.mark.parametrize("with_kd", [True, False])
-def test_reweight_row_gradients_matches_the_reference_rewrite(with_kd, gen, ref):
+@pytest.mark.parametrize("host_ratios", [True, False], ids=["host-ratios", "tensor-ratios"])
+def test_reweight_row_gradients_matches_the_reference_rewrite(with_kd, host_ratios, gen, ref):
     sizes, num_old = BLOCKS, 7
-    rw = L.GradientReweighter()
+    rw = L.GradientReweighter(host_ratios=host_ratios)
     rw.start_phase(9, num_old, 300, 100)
     phi = [0.0] * 9
     blocks_w = [torch.zeros(n, D, dtype=torch.float64, requires_grad=True) for n in sizes]
@@ -303,3 +305,38 @@ def test_old_class_mask_follows_phases_and_checkpoints(gen):
     F.cross_entropy(restored(torch.randn(4, D, dtype=torch.float64), w, None)[0], torch.tensor([0, 1, 6, 7])).backward()
     assert not torch.equal(restored.phi, phi_before)
     torch.testing.assert_close(restored.last_weights, L.dgr_class_weights(restored.phi, 2, restored.gamma))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("num_classes, num_old", [(9, 0), (9, 7), (2, 1), (9, 8)])
+@pytest.mark.parametrize("zeros", ["none", "old", "new", "all", "nan"])
+@pytest.mark.parametrize("phi_dtype", [torch.float64, torch.float32])
+def test_host_ratios_equal_the_tensor_formulas(config, num_classes, num_old, zeros, phi_dtype, gen):
+    """The CPU shortcut (group statistics read as floats) and the guarded tensor formulas give the same
+    gradients, weights and β, also when some Φ_c = 0 (the shortcut hands over to the guarded formula),
+    with one class per group, and with a NaN row gradient (both propagate it the same way)."""
+    layers = [L.GradientReweighter(phi_dtype=phi_dtype, host_ratios=h, **CONFIGS[config]) for h in (True, False)]
+    for layer in layers:
+        layer.start_phase(num_classes, num_old, 600.0, 200.0)
+    for step in range(2):
+        ce_rows = torch.randn(num_classes, D, generator=gen)
+        ce_bias = torch.randn(num_classes, generator=gen)
+        if step == 0 and zeros in ("old", "all") and num_old:
+            ce_rows[0] = 0.0                                  # Φ_0 stays 0 after the first step
+        if step == 0 and zeros in ("new", "all"):
+            ce_rows[-1] = 0.0
+        if zeros == "nan":
+            ce_rows[0, 0] = float("nan")
+        kd = (torch.randn(num_old, D, generator=gen), torch.randn(num_old, generator=gen)) if num_old else (None, None)
+        outputs = [layer.reweight_row_gradients(ce_rows, ce_bias, *kd) for layer in layers]
+        (w_host, b_host), (w_tensor, b_tensor) = outputs
+        torch.testing.assert_close(w_host, w_tensor, atol=1e-6, rtol=1e-6, equal_nan=True)
+        torch.testing.assert_close(b_host, b_tensor, atol=1e-6, rtol=1e-6, equal_nan=True)
+        host, tensor = layers
+        torch.testing.assert_close(host.phi, tensor.phi, equal_nan=True)
+        torch.testing.assert_close(host.last_weights, tensor.last_weights, atol=1e-6, rtol=1e-6, equal_nan=True)
+        if num_old:
+            assert host.last_beta.dtype == tensor.last_beta.dtype and host.last_beta.dim() == 0
+            torch.testing.assert_close(host.last_beta, tensor.last_beta, atol=1e-6, rtol=1e-6, equal_nan=True)
+        else:
+            assert host.last_beta is None and tensor.last_beta is None

@@ -18,6 +18,7 @@ holds only the old columns, so no ``[B, C]`` zero-padded gradient is built for t
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ def _backward(ctx, grad_ce: torch.Tensor | None, grad_kd: torch.Tensor | None):
             grad_logits = grad_ce
         else:                                                        # ∂(L_CE + L_KD)/∂z, [B, C]
             grad_logits = grad_ce.clone()
-            grad_logits[:, :num_old] += grad_kd
+            grad_logits[:, :num_old].add_(grad_kd)                   # (`+=` on a slice would add a __setitem__)
         grad_features = grad_logits.mm(weight)
     ce_rows = grad_ce.t().mm(features).to(dtype)                     # ∂L_CE/∂W, [C, D]
     ce_bias = grad_ce.sum(dim=0).to(dtype)                           # ∂L_CE/∂b, [C]
@@ -138,6 +139,9 @@ class GradientReweighter(torch.nn.Module):
         eta: ``η`` of the attenuation ``γ``.
         class_balance, task_balance, loss_balance: ablation switches (off: the factor is 1).
         phi_dtype: dtype of the accumulator ``Φ`` (float64 by default, as the authors' numpy code).
+        host_ratios: when ``Φ`` is on the CPU, compute the scalar ratios from four group statistics read
+            as Python floats (same formulas, fewer tensor operations; see :meth:`_host_class_weights`).
+            ``False``: always the tensor formulas (what runs on accelerators, where a read would wait).
     """
 
     phi: torch.Tensor
@@ -151,6 +155,7 @@ class GradientReweighter(torch.nn.Module):
         task_balance: bool = True,
         loss_balance: bool = True,
         phi_dtype: torch.dtype = torch.float64,
+        host_ratios: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(phi_dtype, torch.dtype) or not phi_dtype.is_floating_point:
@@ -160,6 +165,7 @@ class GradientReweighter(torch.nn.Module):
         self.class_balance = bool(class_balance)
         self.task_balance = bool(task_balance)
         self.loss_balance = bool(loss_balance)
+        self.host_ratios = bool(host_ratios)
         self.register_buffer("phi", torch.zeros(0, dtype=phi_dtype))
         self.num_classes = 0
         self.num_old = 0
@@ -272,10 +278,13 @@ class GradientReweighter(torch.nn.Module):
         phi = self.phi
         ce_norms = torch.linalg.vector_norm(ce_rows, dim=1)                    # g_c
         phi.add_(ce_norms)                                                     # Φ_c += g_c (before the ratios)
-        weights = dgr_class_weights(
-            phi, num_old, self.gamma, decoupled=self.decoupled, class_balance=self.class_balance,
-            task_balance=self.task_balance, is_old=self._old_mask() if num_old > 0 else None,
-        )
+        on_host = self.host_ratios and phi.device.type == "cpu"
+        weights = self._host_class_weights(phi) if on_host else None
+        if weights is None:
+            weights = dgr_class_weights(
+                phi, num_old, self.gamma, decoupled=self.decoupled, class_balance=self.class_balance,
+                task_balance=self.task_balance, is_old=self._old_mask() if num_old > 0 else None,
+            )
         if weights.dtype != ce_rows.dtype:
             weights = weights.to(ce_rows.dtype)
         if in_place:
@@ -288,19 +297,61 @@ class GradientReweighter(torch.nn.Module):
                 kd_norms = torch.linalg.vector_norm(kd_rows, dim=1)
             else:
                 kd_norms = ce_norms.new_zeros(num_old)
-            if self.loss_balance:
-                # β = ‖(w_c g_c)_c‖ / ‖(g^KD_c)_{c old}‖, as dgr_loss_balance (guard ‖g^KD‖ = 0: β = 1)
+            # β = ‖(w_c g_c)_c‖ / ‖(g^KD_c)_{c old}‖, as dgr_loss_balance (guard ‖g^KD‖ = 0: β = 1)
+            if not self.loss_balance:
+                beta = 1.0
+            elif on_host:                                    # two norms read as floats: no 0-d tensor arithmetic
+                numerator, denominator = torch.stack(
+                    (torch.linalg.vector_norm(weights * ce_norms), torch.linalg.vector_norm(kd_norms))).tolist()
+                beta = numerator / denominator if denominator > 0 else 1.0
+            else:
                 numerator = torch.linalg.vector_norm(weights * ce_norms)
                 denominator = torch.linalg.vector_norm(kd_norms)
                 beta = torch.where(denominator > 0, numerator / denominator, 1.0)
-            else:
-                beta = torch.ones((), dtype=ce_rows.dtype, device=ce_rows.device)
             if kd_rows is not None:
-                grad_weight[:num_old].addcmul_(kd_rows, beta)
-                if kd_bias is not None:
-                    grad_bias[:num_old].addcmul_(kd_bias, beta)
+                if isinstance(beta, float):
+                    grad_weight[:num_old].add_(kd_rows, alpha=beta)
+                    if kd_bias is not None:
+                        grad_bias[:num_old].add_(kd_bias, alpha=beta)
+                else:
+                    grad_weight[:num_old].addcmul_(kd_rows, beta)
+                    if kd_bias is not None:
+                        grad_bias[:num_old].addcmul_(kd_bias, beta)
+            if isinstance(beta, float):
+                beta = torch.tensor(beta, dtype=ce_rows.dtype, device=ce_rows.device)
         self._record(weights, beta, ce_norms, kd_norms)
         return grad_weight, grad_bias
+
+    def _host_class_weights(self, phi: torch.Tensor) -> torch.Tensor | None:
+        """:func:`dgr_class_weights` for a ``Φ`` in host memory, when every ``Φ_c`` is positive and finite.
+
+        Then none of that function's guards applies and ``w_c = k_{group(c)} / Φ_c`` with one constant per
+        group, ``k_g = (min_{j∈g} Φ_j)·r_g`` (``min`` over all classes for GR, ``r_g = 1`` without the task
+        balance, and ``w_c = r_g`` without the class balance). The four group statistics (minimum and sum of
+        ``Φ`` over the old and over the new classes) are read as Python floats — on the CPU a read waits for
+        nothing — so the ratios are Python arithmetic instead of about twenty small tensor operations, each
+        of which costs more than its arithmetic. Returns ``None`` (the caller runs the tensor formula, with
+        its guards) when some ``Φ_c ≤ 0`` or a statistic is not finite.
+        """
+        num_old = self.num_old
+        if num_old == 0:                                      # phase 0: α_c = min Φ / Φ_c over all classes
+            if not self.class_balance:
+                return None
+            low = phi.amin().item()
+            return phi.new_full(phi.shape, low).div_(phi) if 0.0 < low < math.inf else None
+        old, new = phi[:num_old], phi[num_old:]
+        min_old, min_new, sum_old, sum_new = torch.stack((old.amin(), new.amin(), old.sum(), new.sum())).tolist()
+        if not (min_old > 0.0 and min_new > 0.0 and sum_old < math.inf and sum_new < math.inf):
+            return None                                       # a Φ_c = 0 (or NaN/inf): the guarded formula
+        r_old = r_new = 1.0
+        if self.task_balance:                                 # ρ = mean_new Φ / mean_old Φ
+            rho = (sum_new / new.shape[0]) / (sum_old / num_old)
+            r_old, r_new = min(1.0, rho), min(1.0, rho * self.gamma)
+        if not self.class_balance:
+            return phi.new_full(phi.shape, r_new).masked_fill_(self._old_mask(), r_old)
+        if not self.decoupled:
+            min_old = min_new = min(min_old, min_new)
+        return phi.new_full(phi.shape, min_new * r_new).masked_fill_(self._old_mask(), min_old * r_old).div_(phi)
 
     # ------------------------------------------------------------------ derived quantities
     def class_weights(self) -> torch.Tensor:
