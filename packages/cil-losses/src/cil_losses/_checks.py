@@ -158,8 +158,16 @@ def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(a, b, dim=1)
 
 
+_NO_CONTEXT = contextlib.nullcontext()
+
+
 def autocast_off(t: torch.Tensor) -> contextlib.AbstractContextManager:
-    """A context that disables autocast for ``t``'s device type (losses compute in float32/64 themselves)."""
-    if torch.amp.is_autocast_available(t.device.type):
-        return torch.autocast(t.device.type, enabled=False)
-    return contextlib.nullcontext()
+    """A context that disables autocast for ``t``'s device type (losses compute in float32/64 themselves).
+
+    When autocast is not on for that device type (the usual case) it is a shared no-op context: entering
+    a ``torch.autocast`` context costs about 10 µs of Python per call.
+    """
+    device_type = t.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return _NO_CONTEXT
