@@ -44,6 +44,9 @@ def test_quick_benchmark_runs_only_the_sections_asked_for_and_the_breakdown(tmp_
     parts = {row["part"]: row["seconds"] for row in data["dgr_breakdown"]}
     assert set(parts) == {"per_row", "vectorised", "no_reweighting", "plain", "losses", "matmuls"}
     assert all(t > 0 for t in parts.values())
+    after = {row["before"]: row for row in data["dgr_after"]}
+    assert set(after) == {"nothing", "python", "sweep", "per_row"}
+    assert all(row["seconds"] > 0 and row["per_row_ratio"] > 0 for row in after.values())
     assert all("BalancedS-CE" not in name for name in data["goals"])
 
 
