@@ -60,3 +60,17 @@ def test_method_matrix_runs_and_tabulates(tmp_path):
     assert summary["IC+KD"]["runs"] == ["runs/IC_KD-s1", "runs/IC_KD-s2"] and summary["IC+KD"]["seeds"] == [1, 2]
     again = _run(*args)  # finished cells are skipped
     assert again.returncode == 0 and again.stdout.count(": done") == 4
+
+
+def test_dgr_ab_benchmark_against_a_git_revision(tmp_path):
+    """tools/bench_dgr_ab.py loads cil-losses from a revision (here HEAD) and times both versions."""
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    out = tmp_path / "ab.json"
+    done = _run("tools/bench.py", "dgr_ab", "HEAD", "--rounds", "2", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "this checkout / HEAD:" in done.stdout and "per-row / this" in done.stdout
+    figures = json.loads(out.read_text())
+    assert set(figures["vectorised_s"]) == {"this checkout", "HEAD"} and figures["per_row_s"] > 0
+    bad = _run("tools/bench_dgr_ab.py", "no-such-revision", "--rounds", "1")
+    assert bad.returncode == 2 and "cannot read packages/cil-losses" in bad.stderr

@@ -127,7 +127,8 @@ class GradientReweighter(torch.nn.Module):
     Notes:
         * ``Φ`` is updated in the backward: one ``backward()`` per optimisation step (as in the authors'
           code). Gradient accumulation over micro-batches reweights each micro-batch on its own.
-        * Everything stays on the device: no host synchronisation. ``last_weights`` / ``last_beta``
+        * On an accelerator everything stays on the device: no host synchronisation (on the CPU the
+          ratios read four statistics of ``Φ`` as floats, ``host_ratios``). ``last_weights`` / ``last_beta``
           (tensors) expose the last step's ``w`` and ``β`` (``None`` in phase 0) for logging.
         * ``Φ`` is per process. Under DDP every rank reweights with its own ``Φ`` before the gradients
           are averaged; the ranks' ``Φ`` differ by sampling noise (synchronising ``g_c`` across ranks
