@@ -289,3 +289,13 @@ def test_shifted_ce_dispatch(gen, rand, grad_of, close):
     g_plain, g_offsets = grad_of(plain, z, learned)
     close(g_fused, g_plain, atol=1e-8, rtol=1e-5)
     close(g_offsets, g_plain.sum(0), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["F.cross_entropy", "fused"])
+def test_shifted_ce_accepts_every_integer_target_dtype(fused, monkeypatch, gen, rand, close):
+    if fused:
+        monkeypatch.setattr(balanced, "FUSED_MIN_NUMEL", 0)
+    z, y, offsets = rand(gen, 5, 4), _targets(gen, 5, 4), rand(gen, 4)
+    want = L.logit_adjusted_cross_entropy(z, y, offsets)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        close(L.logit_adjusted_cross_entropy(z, y.to(dtype), offsets), want)

@@ -135,6 +135,8 @@ def _shifted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, offsets:
         logits, dtype = logits.float(), torch.float32             # half/bfloat16: computed in float32
     if offsets.dtype is not dtype:
         offsets = offsets.to(dtype)
+    if targets.dtype is not torch.int64:                          # any integer dtype (F.cross_entropy: int64/uint8)
+        targets = targets.long()
     if logits.numel() >= FUSED_MIN_NUMEL and logits.device.type == "cpu" and not offsets.requires_grad:
         return ShiftedCrossEntropyFunction.apply(logits, targets, offsets, how)
     return F.cross_entropy(logits + offsets, targets, reduction=how)
