@@ -51,24 +51,13 @@ def _package_at(revision: str, into: Path) -> None:
 
 
 def _steps(modules: dict[str, object], ref, batch: int = 256, classes: int = 1000, dim: int = 64):
-    g = torch.Generator().manual_seed(2)
-    sizes = [classes // 10] * 10
-    num_old = sum(sizes[:-1])
-    n_seen, n_new = 20.0 * num_old, 100.0 * sizes[-1]
-    weights = [(torch.randn(n, dim, generator=g) * 0.1).requires_grad_() for n in sizes]
-    biases = [torch.zeros(n).requires_grad_() for n in sizes]
-    h = torch.randn(batch, dim, generator=g).requires_grad_()
-    y = torch.randint(0, classes, (batch,), generator=g)
-    teacher = torch.randn(batch, num_old, generator=g)
-    offsets = (torch.rand(classes, generator=g) + 0.01).log()
-    lost = torch.randint(0, 400, (num_old,), generator=g).float()
+    scenario = bench_losses.dgr_scenario(batch, classes, dim)
+    num_old, n_seen, n_new = scenario.num_old, scenario.n_seen, scenario.n_new
+    weights, biases, h, y = scenario.weights, scenario.biases, scenario.h, scenario.y
+    teacher, offsets, lost, clear = scenario.teacher, scenario.offsets, scenario.lost, scenario.clear
     current = modules["this checkout"]
     kd_weight = current.dgr_kd_weight(n_seen, n_new)
     gamma = current.dgr_attenuation_gamma(n_seen, n_new)
-
-    def clear() -> None:
-        for p in (*weights, *biases, h):
-            p.grad = None
 
     def step_of(module):
         layer = module.GradientReweighter(phi_dtype=torch.float32)

@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 from pathlib import Path
 
 import torch
@@ -159,6 +160,46 @@ def bench_task_wise_kd(batch: int, classes: int, tasks: int, repeats: int, targe
 
 
 # --------------------------------------------------------------------------- 3. vectorised vs per-row DGR step
+class DGRScenario(NamedTuple):
+    """The inputs of one classifier step of section 3 (seeded; also used by ``bench_dgr_ab``): ten parameter
+    blocks of ``classes // 10`` rows, the last one new; features ``h``, targets, teacher logits of the old
+    classes, log-prior offsets and lost counts. ``generator`` continues the seeded stream."""
+
+    sizes: list[int]
+    num_old: int
+    n_seen: float
+    n_new: float
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    h: torch.Tensor
+    y: torch.Tensor
+    teacher: torch.Tensor
+    offsets: torch.Tensor
+    lost: torch.Tensor
+    generator: torch.Generator
+
+    def clear(self) -> None:
+        """Drop the gradients of the blocks and of ``h`` (each step starts from ``.grad = None``)."""
+        for p in (*self.weights, *self.biases, self.h):
+            p.grad = None
+
+
+def dgr_scenario(batch: int, classes: int, dim: int) -> DGRScenario:
+    g = torch.Generator().manual_seed(2)
+    num_blocks = 10
+    sizes = [classes // num_blocks] * num_blocks
+    num_old = sum(sizes[:-1])
+    weights = [(torch.randn(n, dim, generator=g) * 0.1).requires_grad_() for n in sizes]
+    biases = [torch.zeros(n).requires_grad_() for n in sizes]
+    h = torch.randn(batch, dim, generator=g).requires_grad_()
+    y = torch.randint(0, classes, (batch,), generator=g)
+    teacher = torch.randn(batch, num_old, generator=g)
+    offsets = (torch.rand(classes, generator=g) + 0.01).log()
+    lost = torch.randint(0, 400, (num_old,), generator=g).float()
+    return DGRScenario(sizes, num_old, 20.0 * num_old, 100.0 * sizes[-1], weights, biases, h, y, teacher,
+                       offsets, lost, g)
+
+
 def _dgr_step_candidates(batch: int, classes: int, dim: int, ref, losses_kind: str) -> dict[str, Callable[[], None]]:
     """The classifier steps of section 3 as zero-argument callables (see :func:`bench_dgr`).
 
@@ -169,18 +210,10 @@ def _dgr_step_candidates(batch: int, classes: int, dim: int, ref, losses_kind: s
     forward and backward on a leaf ``[B, C]`` tensor, ``matmuls`` the four bare matrix products of the
     vectorised layer on detached tensors (forward ``h·Wᵀ + b``; backward ``G·W``, ``G_CEᵀ·h``, ``G_KDᵀ·h``).
     """
-    g = torch.Generator().manual_seed(2)
-    num_blocks = 10
-    sizes = [classes // num_blocks] * num_blocks
-    num_old = sum(sizes[:-1])
-    n_seen, n_new = 20.0 * num_old, 100.0 * sizes[-1]
-    weights = [(torch.randn(n, dim, generator=g) * 0.1).requires_grad_() for n in sizes]
-    biases = [torch.zeros(n).requires_grad_() for n in sizes]
-    h = torch.randn(batch, dim, generator=g).requires_grad_()
-    y = torch.randint(0, classes, (batch,), generator=g)
-    teacher = torch.randn(batch, num_old, generator=g)
-    offsets = (torch.rand(classes, generator=g) + 0.01).log()
-    lost = torch.randint(0, 400, (num_old,), generator=g).float()
+    scenario = dgr_scenario(batch, classes, dim)
+    g, num_old, n_seen, n_new = scenario.generator, scenario.num_old, scenario.n_seen, scenario.n_new
+    weights, biases, h, y = scenario.weights, scenario.biases, scenario.h, scenario.y
+    teacher, offsets, lost = scenario.teacher, scenario.offsets, scenario.lost
     kd_weight = L.dgr_kd_weight(n_seen, n_new)
     gamma = L.dgr_attenuation_gamma(n_seen, n_new)
 
@@ -201,9 +234,7 @@ def _dgr_step_candidates(batch: int, classes: int, dim: int, ref, losses_kind: s
     unweighted._reweight = lambda ce_rows, ce_bias, kd_rows, kd_bias, in_place: (ce_rows, ce_bias)
     phi = [0.0] * classes
 
-    def clear() -> None:
-        for p in (*weights, *biases, h):
-            p.grad = None
+    clear = scenario.clear
 
     def vectorised(layer=reweighter) -> None:
         clear()
