@@ -5,7 +5,8 @@ because the per-row reference (Python-bound) and the vectorised step (memory- an
 not slow down together; a change worth a few per cent cannot be seen by comparing two such runs. This
 script times both versions of the step in the same rounds, each call right after a per-row call (the
 order of table 3 of ``bench losses``), and reports the median times and the median of the paired
-per-round ratios::
+per-round ratios (use the default 61 rounds or more: an A–A run, the checkout against ``HEAD`` with no
+change, gave 0.99 and 1.02 with 61 rounds and 0.88 with 5)::
 
     python tools/bench_dgr_ab.py be6d42f              # this checkout vs revision be6d42f
     hatch run bench dgr_ab HEAD~3 --rounds 101 --json ab.json
