@@ -16,6 +16,10 @@ from .errors import LossArgumentError, LossTypeError
 
 REDUCTIONS = ("mean", "sum", "none")
 
+#: ``log₂ e`` and ``ln 2``: the losses that run ``exp2`` on base-2 logits (DAKD, the fused cross-entropy)
+LOG2E = 1.0 / math.log(2.0)
+LN2 = math.log(2.0)
+
 
 def logits_2d(name: str, value: object, min_columns: int = 1) -> torch.Tensor:
     """Return ``value`` if it is a floating-point tensor of shape ``[B, C]`` with ``B >= 1``, ``C >= min_columns``."""

@@ -240,8 +240,7 @@ def _dakd_constants_for_step(
     return constants
 
 
-_LOG2E = 1.0 / math.log(2.0)
-_LN2 = math.log(2.0)
+_LOG2E, _LN2 = _checks.LOG2E, _checks.LN2
 
 
 def _softmax2_(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
