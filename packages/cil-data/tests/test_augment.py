@@ -87,3 +87,23 @@ def test_cuda_matches_cpu() -> None:
     torch.testing.assert_close(gpu.cpu(), cpu)
     gpu_gen = aug(x.cuda(), torch.Generator(device="cuda").manual_seed(3))
     assert gpu_gen.device.type == "cuda" and gpu_gen.shape == x.shape
+
+
+def test_policies_flip_only_where_asked_and_draw_the_same_crops():
+    from cil_data import AUGMENT_POLICIES, DataError
+
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
+    outs = {}
+    for policy in AUGMENT_POLICIES:
+        aug = BatchAugment.from_policy(policy, (0.0,), (1.0 / 255.0,))
+        outs[policy] = aug(x, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(outs["none"], x.float())
+    crop_only = BatchAugment(((0.0,)), (1.0 / 255.0,), crop_padding=4, flip=False)
+    assert torch.equal(outs["crop"], crop_only(x, generator=torch.Generator().manual_seed(3)))
+    # crop,flip differs from crop only by mirroring some images of the same crops
+    for b in range(2):
+        same, mirrored = torch.equal(outs["crop"][b], outs["crop,flip"][b]), torch.equal(
+            outs["crop"][b], outs["crop,flip"][b].flip(-1)) or torch.equal(outs["crop"][b].flip(-1), outs["crop,flip"][b])
+        assert same or mirrored
+    with pytest.raises(DataError, match="augment"):
+        BatchAugment.from_policy("flip", (0.0,), (1.0,))

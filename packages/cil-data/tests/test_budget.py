@@ -31,7 +31,25 @@ def reference_total(size: int, available: list[int], spread: bool) -> list[int]:
 def test_per_class() -> None:
     b = MemoryBudget.per_class(20)
     assert b.quotas([500, 19, 20, 5]) == [20, 19, 20, 5]
-    assert b.capacity(10) == 200
+
+
+def test_from_options_is_the_one_rule() -> None:
+    assert MemoryBudget.from_options(per_class=20, total=None) == MemoryBudget.per_class(20)
+    assert MemoryBudget.from_options(per_class=None, total=1000) == MemoryBudget.total(1000)
+    assert MemoryBudget.from_options(per_class=0, total=1000) == MemoryBudget.total(1000)
+    assert MemoryBudget.from_options(per_class=0, total=None) is None
+    assert MemoryBudget.from_options(per_class=None, total=0) is None
+    with pytest.raises(DataError, match="not both"):
+        MemoryBudget.from_options(per_class=5, total=50)
+
+
+def test_held_out_per_class() -> None:
+    assert MemoryBudget.per_class(20).held_out_per_class(60) == 2  # 10 % of 20
+    assert MemoryBudget.per_class(3).held_out_per_class(5) == 1  # at least one
+    assert MemoryBudget.total(2000).held_out_per_class(50) == 4  # 10 % of 2000 / 50
+    assert MemoryBudget.total(1000).held_out_per_class(4, fraction=0.2) == 50
+    with pytest.raises(DataError, match="fraction"):
+        MemoryBudget.per_class(20).held_out_per_class(6, 0)
 
 
 @pytest.mark.parametrize("seed", range(20))

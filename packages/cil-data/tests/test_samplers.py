@@ -10,7 +10,6 @@ from cil_data import (
     RatioPreservingSampler,
     balanced_validation_split,
     class_balanced_indices,
-    validation_per_class,
 )
 
 
@@ -102,7 +101,3 @@ def test_balanced_validation_split() -> None:
     assert torch.equal(v2, v3) and torch.equal(t2, t3)
     with pytest.raises(DataError, match="class 2 has 3 samples"):
         balanced_validation_split(labels, 3, 0)
-    assert validation_per_class(2000, 60) == 3  # 10 % of 2000 over 60 classes
-    assert validation_per_class(200, 60) == 1
-    with pytest.raises(DataError, match="fraction"):
-        validation_per_class(200, 6, 0)

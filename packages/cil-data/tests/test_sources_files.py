@@ -187,13 +187,18 @@ def test_image_folder_lazy(tmp_path: Path) -> None:
     loader = torch.utils.data.DataLoader(lazy.train, batch_size=2)
     xb, yb = next(iter(loader))
     assert xb.shape == (2, 3, 6, 6) and yb.tolist() == [0, 0]
-    # a scenario runs on the lazy data set (labels only)
+    # a scenario runs on the lazy data set and decodes just a phase's images
     from cil_data import IncrementalScenario
 
     sc = IncrementalScenario(lazy, [1, 0], [1, 1])
     assert sc.phase(0).train_indices.tolist() == [2, 3, 4]
-    with pytest.raises(DataError, match="Subset"):
-        sc.train_data(0)
+    x, y = sc.train_data(0)
+    assert torch.equal(x, eager.train_images[[2, 3, 4]]) and y.tolist() == [0, 0, 0]
+    xt, yt = sc.test_data(1)
+    assert torch.equal(xt, eager.test_images[sc.phase(1).test_indices])
+    with pytest.raises(DataError, match="images"):
+        IncrementalScenario(type("LabelsOnly", (), {"train_labels": lazy.train_labels, "test_labels": lazy.test_labels,
+                                                     "num_classes": 2})(), [1, 0], [1, 1]).train_data(0)
 
 
 def test_image_folder_errors(tmp_path: Path) -> None:
@@ -242,3 +247,19 @@ def test_channel_stats_against_float64(seed: int, monkeypatch: pytest.MonkeyPatc
     torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), xf.std(1, unbiased=False))
     with pytest.raises(DataError, match="uint8"):
         channel_stats(x.float())
+
+
+def test_npz_says_its_augmentation_and_a_non_npz_file_is_named(tmp_path: Path) -> None:
+    x = np.zeros((4, 8, 8), dtype=np.uint8)
+    y = np.array([0, 1, 0, 1])
+    np.savez(tmp_path / "chars.npz", x_train=x, y_train=y, x_test=x, y_test=y, augment=np.array("crop"))
+    assert load_npz(tmp_path / "chars.npz").augment == "crop"
+    np.savez(tmp_path / "plain.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    assert load_npz(tmp_path / "plain.npz").augment == "crop,flip"
+    np.savez(tmp_path / "bad.npz", x_train=x, y_train=y, x_test=x, y_test=y, augment=np.array("mirror"))
+    with pytest.raises(DataError, match="augment"):
+        load_npz(tmp_path / "bad.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"this is not a zip archive at all")
+    with pytest.raises(DataError, match="not an .npz file"):
+        load_npz(junk)

@@ -10,7 +10,9 @@ from cil_train import RunConfig
 from cil_train.cli import build_parser, config_from_args, main
 from cil_train.config import config_fields, option_name
 from cil_train.errors import ConfigError
-from cil_train.methods import METHODS
+from cil_train.methods import methods
+
+METHODS = methods()
 from cil_train.presets import PRESETS
 
 

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+import cil_data
+
 from cil_train import data as train_data
 from cil_train.cli import main
 
@@ -42,4 +44,4 @@ def test_image_folder_run(tree, tmp_path, monkeypatch, lazy):
     assert m["complete"] and len(m["acc_per_phase"]) == 2 and sum(map(sum, m["confusion_matrix"])) == 16
     assert m["data"] == "folder0" or m["data"].startswith("folder")
     loaded = train_data.load_dataset(__import__("cil_train").RunConfig(data="imagefolder", data_root=str(tree), image_size=16))
-    assert isinstance(loaded, train_data.LazyFolder) is lazy
+    assert isinstance(loaded, cil_data.LazyImageDataset) is lazy

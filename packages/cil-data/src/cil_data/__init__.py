@@ -2,14 +2,15 @@
 
 __version__ = "0.1.0"
 
-from .augment import BatchAugment
+from .atomic import atomic_replace, atomic_write_bytes
+from .augment import AUGMENT_POLICIES, BatchAugment, check_augment_policy
 from .budget import MemoryBudget
 from .dataset import ImageDataset, check_images_and_labels
 from .errors import DataError, MemoryFileError, MissingDependencyError
 from .herding import herding_order, herding_select
 from .longtail import long_tail_counts, long_tail_indices
 from .memory import ExemplarMemory
-from .samplers import RatioPreservingSampler, balanced_validation_split, class_balanced_indices, validation_per_class
+from .samplers import RatioPreservingSampler, balanced_validation_split, class_balanced_indices
 from .scenario import IncrementalScenario, Phase, class_order, phase_increments, seed1993_order
 from .sources import (
     ImageFolderSplit,
@@ -27,6 +28,7 @@ from .sources import (
 from .stats import channel_stats
 
 __all__ = [
+    "AUGMENT_POLICIES",
     "BatchAugment",
     "DataError",
     "ExemplarMemory",
@@ -40,7 +42,10 @@ __all__ = [
     "Phase",
     "RatioPreservingSampler",
     "__version__",
+    "atomic_replace",
+    "atomic_write_bytes",
     "balanced_validation_split",
+    "check_augment_policy",
     "channel_stats",
     "check_images_and_labels",
     "class_balanced_indices",
@@ -60,5 +65,4 @@ __all__ = [
     "phase_increments",
     "read_idx",
     "seed1993_order",
-    "validation_per_class",
 ]

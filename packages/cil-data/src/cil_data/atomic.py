@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import DataError
 
-__all__ = ["atomic_replace", "temporary_name"]
+__all__ = ["atomic_replace", "atomic_write_bytes", "temporary_name"]
 
 
 def temporary_name(path: Path) -> Path:
@@ -53,3 +53,13 @@ def atomic_replace(path: str | os.PathLike[str], write: Callable[[Path], None]) 
             os.unlink(tmp)
         raise
     _fsync_path(folder, directory=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_replace`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    atomic_replace(path, write)

@@ -17,7 +17,18 @@ import torch
 from ._checks import check_int
 from .errors import DataError
 
-__all__ = ["BatchAugment"]
+__all__ = ["AUGMENT_POLICIES", "BatchAugment", "check_augment_policy"]
+
+AUGMENT_POLICIES = ("crop,flip", "crop", "none")
+"""What a data source asks for: random crop (4-pixel padding) and horizontal flip, crop only (characters and
+other data whose mirror image is another class: b/d, p/q, ( / )), or nothing."""
+
+
+def check_augment_policy(policy: str, what: str = "augment") -> str:
+    """``policy`` if it is one of :data:`AUGMENT_POLICIES`, else a :class:`DataError` naming ``what``."""
+    if policy not in AUGMENT_POLICIES:
+        raise DataError(f"{what} must be one of {', '.join(AUGMENT_POLICIES)}, got {policy!r}")
+    return policy
 
 
 class BatchAugment:
@@ -52,6 +63,15 @@ class BatchAugment:
         self.channels_last = bool(channels_last)
         self.generator = torch.Generator().manual_seed(check_int(seed, "seed", 0))
         self._affine: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_policy(cls, policy: str, mean: Sequence[float], std: Sequence[float], **kwargs: Any) -> "BatchAugment":
+        """The augmentation of a policy of :data:`AUGMENT_POLICIES` (crop padding 4 where it crops).
+
+        The random draws do not depend on the policy: with ``"crop"`` the flip bits are drawn and ignored, so
+        the crops are the same as with ``"crop,flip"`` for the same generator."""
+        check_augment_policy(policy)
+        return cls(mean, std, crop_padding=0 if policy == "none" else 4, flip=policy == "crop,flip", **kwargs)
 
     def _check(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:

@@ -79,9 +79,34 @@ class MemoryBudget:
             q = q + (room & (torch.cumsum(room.to(torch.int64), 0) <= remainder)).to(torch.int64)
         return q.tolist()
 
-    def capacity(self, num_classes: int) -> int:
-        """The most exemplars the memory can hold with ``num_classes`` classes."""
-        return self.size * num_classes if self.kind == "per_class" else self.size
+    @classmethod
+    def from_options(cls, *, per_class: int | None, total: int | None) -> "MemoryBudget | None":
+        """The one rule that turns the two memory options into a budget (None: no memory).
+
+        ``total`` (a fixed memory) and ``per_class`` (a growing one) are exclusive: giving both, each ≥ 1, is
+        an error. ``0`` or ``None`` means "not this kind"; both absent or zero means no memory.
+        """
+        if per_class and total:
+            raise DataError(
+                f"a memory is either growing (per_class={per_class}) or fixed (total={total}), not both: give one"
+            )
+        if total:
+            return cls.total(total)
+        if per_class:
+            return cls.per_class(per_class)
+        return None
+
+    def per_class_share(self, num_seen: int) -> float:
+        """Exemplars one class may keep on average with ``num_seen`` classes: ``m`` (growing) or ``M / C``."""
+        c = check_int(num_seen, "num_seen", 1)
+        return float(self.size) if self.kind == "per_class" else self.size / c
+
+    def held_out_per_class(self, num_seen: int, fraction: float = 0.1) -> int:
+        """Samples per seen class held out as a class-balanced validation set (Meta BalancedS-CE's ``B_t``,
+        BiC's validation split): ``max(1, round(fraction · per-class share))`` — 2 with 20 exemplars per class."""
+        if not 0 < fraction <= 1:
+            raise DataError(f"fraction must lie in (0, 1], got {fraction}")
+        return max(1, int(round(fraction * self.per_class_share(num_seen))))
 
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "size": self.size, "spread_remainder": self.spread_remainder}

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .augment import check_augment_policy
 from .errors import DataError
 
 __all__ = ["ImageDataset", "check_images_and_labels"]
@@ -45,6 +46,8 @@ class ImageDataset:
         train_labels, test_labels: int64 tensors ``[N]`` with values in ``0..num_classes-1``.
         class_names: one name per class (index = label).
         mean, std: per-channel normalisation statistics on the 0..1 scale.
+        augment: the training augmentation the data calls for (:data:`~cil_data.AUGMENT_POLICIES`):
+            ``"crop,flip"`` for natural images, ``"crop"`` where a mirror image is another class (characters).
     """
 
     name: str
@@ -55,8 +58,10 @@ class ImageDataset:
     class_names: list[str]
     mean: tuple[float, ...] = field(default=(0.5,))
     std: tuple[float, ...] = field(default=(0.5,))
+    augment: str = "crop,flip"
 
     def __post_init__(self) -> None:
+        check_augment_policy(self.augment, f"{self.name}: augment")
         n = len(self.class_names)
         if n < 1:
             raise DataError(f"{self.name}: class_names is empty; a data set needs at least one class")
@@ -84,6 +89,10 @@ class ImageDataset:
     def image_shape(self) -> tuple[int, int, int]:
         c, h, w = self.train_images.shape[1:]
         return int(c), int(h), int(w)
+
+    def images(self, split: str, indices: torch.Tensor) -> torch.Tensor:
+        """uint8 images of ``split`` (``"train"`` or ``"test"``) at ``indices``."""
+        return getattr(self, f"{split}_images")[indices]
 
     def train_counts(self) -> torch.Tensor:
         """Number of training images per class (int64, ``[num_classes]``)."""

@@ -17,7 +17,7 @@ from ._grouping import shuffled_class_groups
 from ._random import as_generator, randperm
 from .errors import DataError
 
-__all__ = ["RatioPreservingSampler", "balanced_validation_split", "class_balanced_indices", "validation_per_class"]
+__all__ = ["RatioPreservingSampler", "balanced_validation_split", "class_balanced_indices"]
 
 
 class RatioPreservingSampler:
@@ -139,16 +139,6 @@ def class_balanced_indices(
     cls = present[(u[0] * present.numel()).long().clamp(max=present.numel() - 1)]
     within = (u[1] * counts[cls]).long().clamp(max=counts[cls] - 1)
     return order[starts[cls] + within]
-
-
-def validation_per_class(memory_size: int, num_seen: int, fraction: float = 0.1) -> int:
-    """Samples per class of Meta BalancedS-CE's validation set: ``⌊fraction · memory_size / num_seen⌋``,
-    at least 1 (10 % of the memory size, the same number for every seen class)."""
-    m = check_int(memory_size, "memory_size", 0)
-    c = check_int(num_seen, "num_seen", 1)
-    if not 0 < fraction <= 1:
-        raise DataError(f"fraction must lie in (0, 1], got {fraction}")
-    return max(1, int(math.floor(fraction * m / c)))
 
 
 def balanced_validation_split(

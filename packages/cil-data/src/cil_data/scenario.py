@@ -128,7 +128,8 @@ def phase_increments(
 
 
 class LabelledSplits(Protocol):
-    """What a scenario needs from a data set: labels of both splits and the number of classes."""
+    """What a scenario needs from a data set: labels of both splits and the number of classes (and, for
+    :meth:`IncrementalScenario.train_data` / ``test_data``, an ``images(split, indices)`` method)."""
 
     train_labels: torch.Tensor
     test_labels: torch.Tensor
@@ -250,28 +251,27 @@ class IncrementalScenario:
         return self.num_phases
 
     def train_data(self, t: int | Phase) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (uint8) and *incremental* labels of phase ``t``'s new training samples (in-memory data sets)."""
+        """uint8 images and *incremental* labels of phase ``t``'s new training samples, in the order of
+        ``phase.train_indices`` (an image folder decodes just these)."""
         phase = t if isinstance(t, Phase) else self.phase(t)
-        images = self._images("train_images")
         idx = phase.train_indices
         labels = self._to_incremental[self.dataset.train_labels.to("cpu", torch.int64)[idx]]
-        return images[idx.to(images.device)], labels.to(images.device)
+        return self._images("train", idx), labels
 
     def test_data(self, t: int | Phase) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (uint8) and *incremental* labels of the test samples of every class seen by phase ``t``."""
+        """uint8 images and *incremental* labels of the test samples of every class seen by phase ``t``."""
         phase = t if isinstance(t, Phase) else self.phase(t)
-        images = self._images("test_images")
         idx = phase.test_indices
-        return images[idx.to(images.device)], self._test_incremental[idx].to(images.device)
+        return self._images("test", idx), self._test_incremental[idx]
 
-    def _images(self, attr: str) -> torch.Tensor:
-        images = getattr(self.dataset, attr, None)
-        if images is None:
+    def _images(self, split: str, indices: torch.Tensor) -> torch.Tensor:
+        read = getattr(self.dataset, "images", None)
+        if read is None:
             raise DataError(
-                f"{type(self.dataset).__name__} holds no {attr} in memory; index its lazy split with the phase's "
-                "indices instead (torch.utils.data.Subset(dataset.train, phase.train_indices))"
+                f"{type(self.dataset).__name__} has no images(split, indices) method; the scenario can give its "
+                "phases' indices only (phase.train_indices, phase.test_indices)"
             )
-        return images
+        return read(split, indices)
 
     def __repr__(self) -> str:
         return f"IncrementalScenario(classes={self.num_classes}, increments={self.increments}, train={self.train_indices.numel()})"

@@ -4,6 +4,7 @@ Command line: ``cil-train --help`` (or ``python -m cil_train``). From Python::
 
     from cil_train import RunConfig, run
     metrics = run(RunConfig(method="ssil", epochs=5, out="runs/try"))
+    metrics = run(RunConfig(method="ssil", method_options={"ssil_batch_new": 64}, out="runs/try2"))
 """
 
 __version__ = "0.1.0"
@@ -22,10 +23,8 @@ def run(cfg: RunConfig) -> dict:
     from .cli import default_out_dir
     from .config import check_config
     from .loop import Trainer
-    from .methods import METHODS, method_names
 
-    recipe = METHODS.get(cfg.method)
-    check_config(cfg, method_names(), recipe.memory if recipe else None)
+    check_config(cfg)
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     cfg = cfg.replace(out=str(out))
     out.mkdir(parents=True, exist_ok=True)

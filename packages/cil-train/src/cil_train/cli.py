@@ -20,10 +20,12 @@ from typing import Any, Sequence
 import attrs
 
 from . import __version__
-from .config import RunConfig, check_config, config_fields, option_name
+from .config import RunConfig, check_config, config_fields
 from .errors import ConfigError, TrainingDiverged
-from .methods import METHODS, method_names
+from .methods import all_option_fields, method_class, methods
+from .options import option_name
 from .presets import PRESETS, preset_values
+from .stages import scale_lr_steps
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -35,7 +37,7 @@ GROUP_TITLES = {
     "memory": "exemplar memory",
     "training": "training",
     "output": "output",
-    "methods": "method options (used by the method named in brackets)",
+    "method": "method options (used by the methods named in brackets)",
 }
 
 
@@ -60,8 +62,8 @@ def _parse_optional_int(text: str) -> int | None:
 
 
 def _epilog() -> str:
-    methods = "\n".join(f"  {name:<14} {cls.summary}" + ("  [no memory]" if cls.memory == "none" else "")
-                        for name, cls in METHODS.items())
+    methods_list = "\n".join(f"  {name:<14} {cls.summary}" + ("  [no memory]" if cls.memory == "none" else "")
+                             for name, cls in methods().items())
     presets = "\n".join(f"  {name:<27} {p.description}" for name, p in PRESETS.items())
     return textwrap.dedent(
         """
@@ -78,7 +80,7 @@ def _epilog() -> str:
           cil-train --resume runs/20261122-101500-dgr-embedded
           cil-train compare runs/*dgr* runs/*ssil* --out comparison
         """
-    ).format(methods=methods, presets=presets).replace("\n        ", "\n")
+    ).format(methods=methods_list, presets=presets).replace("\n        ", "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,37 +94,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cil-train {__version__}")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in config_fields():
-        meta = f.metadata
-        group = groups.setdefault(meta["group"], p.add_argument_group(GROUP_TITLES[meta["group"]]))
-        default = f.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = meta["help"] + f" (default: {shown})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text.replace("%", "%%")}
-        if f.type in ("bool", bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif f.name in ("increments", "lr_steps"):
-            kwargs.update(type=_parse_int_list, metavar="N,N,...")
-        elif f.name == "order":
-            kwargs.update(type=_parse_order, metavar="ORDER")
-        elif f.type in ("int", int):
-            kwargs.update(type=int, metavar="N")
-        elif f.type in ("int | None",):
-            kwargs.update(type=_parse_optional_int, metavar="N")
-        elif f.type in ("float", float, "float | None"):
-            kwargs.update(type=float, metavar="X")
-        else:
-            # allowed values are shown here but checked by RunConfig, whose errors name the option in one paragraph
-            choices = {"method": ["METHOD"], "preset": ["PRESET"]}.get(f.name, meta.get("choices"))
-            kwargs["metavar"] = f.name.upper() if not choices else ("{" + ",".join(choices) + "}" if len(choices) > 1 else choices[0])
-        group.add_argument(option_name(f.name), **kwargs)
+        group = groups.setdefault(f.metadata["group"], p.add_argument_group(GROUP_TITLES[f.metadata["group"]]))
+        _add_option(group, f, f.metadata["help"])
+    group = p.add_argument_group(GROUP_TITLES["method"])
+    for name, users in all_option_fields().items():
+        _, f = users[0]
+        _add_option(group, f, f"{f.metadata['help']} [{', '.join(cls.name for cls, _ in users)}]")
     return p
+
+
+def _add_option(group: argparse._ArgumentGroup, f: Any, help_text: str) -> None:
+    """One option of an attrs field; its kind, choices and shown default come from the field's metadata."""
+    meta = f.metadata
+    default = meta.get("shown_default", f.default)
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    kwargs: dict[str, Any] = {"dest": f.name, "default": None,
+                              "help": f"{help_text} (default: {shown})".replace("%", "%%")}
+    kind = meta.get("kind")
+    if kind == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif kind == "int_list":
+        kwargs.update(type=_parse_int_list, metavar="N,N,...")
+    elif kind == "order":
+        kwargs.update(type=_parse_order, metavar="ORDER")
+    elif kind == "int":
+        kwargs.update(type=_parse_optional_int if f.default is None or "shown_default" in meta else int, metavar="N")
+    elif kind == "float":
+        kwargs.update(type=float, metavar="X")
+    else:
+        # allowed values are shown here but checked by the options class, whose errors name the option
+        choices = {"method": ["METHOD"], "preset": ["PRESET"]}.get(f.name, meta.get("choices"))
+        kwargs["metavar"] = f.name.upper() if not choices else (
+            "{" + ",".join(choices) + "}" if len(choices) > 1 else choices[0])
+    group.add_argument(option_name(f.name), **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults < preset < explicit options; memory and exemplar-free rules; validation."""
-    explicit = {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
+    shared_names = {f.name for f in config_fields()}
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    explicit = {k: v for k, v in given.items() if k in shared_names}
+    explicit_method = {k: v for k, v in given.items() if k not in shared_names}
     if "resume" in explicit:
-        return _resume_config(explicit)
+        return _resume_config({**explicit, **explicit_method})
     values: dict[str, Any] = {}
     if "preset" in explicit:
         values.update(preset_values(explicit["preset"]))
@@ -136,31 +150,28 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if "epochs" in explicit and "lr_steps" not in explicit and values.get("lr_steps") and values.get("epochs"):
         values["lr_steps"] = scale_lr_steps(values["lr_steps"], values["epochs"], explicit["epochs"])
     values.update(explicit)
-    method = values.get("method", RunConfig().method)
-    recipe = METHODS.get(method)
-    if recipe is not None and recipe.memory == "none":
-        given = [option_name(k) for k in ("memory_per_class", "memory_total") if explicit.get(k)]
-        if given:
-            raise ConfigError(f"--method {method} is exemplar-free: it keeps no memory of old classes, so "
-                              f"{' and '.join(given)} cannot be used with it. Remove the option, or choose a method "
-                              f"with a memory ({', '.join(n for n, c in METHODS.items() if c.memory != 'none')}).")
+    cls = method_class(values.get("method", RunConfig.__attrs_attrs__.method.default))
+    own = {f.name for f in attrs.fields(cls.Options)}
+    foreign = sorted(set(explicit_method) - own)
+    if foreign:
+        users = all_option_fields()
+        raise ConfigError(
+            "; ".join(f"{option_name(n)} is an option of {', '.join(c.name for c, _ in users[n])}" for n in foreign)
+            + f", not of --method {cls.name}" + (f" (its options: {', '.join(map(option_name, sorted(own)))})" if own
+                                                  else " (it has no options of its own)") + ".")
+    method_values = {k: v for k, v in values.items() if k not in shared_names and k in own}
+    method_values.update(explicit_method)
+    values = {k: v for k, v in values.items() if k in shared_names}
+    if cls.memory == "none":
+        named = [option_name(k) for k in ("memory_per_class", "memory_total") if explicit.get(k)]
+        if named:
+            raise ConfigError(f"--method {cls.name} is exemplar-free: it keeps no memory of old classes, so "
+                              f"{' and '.join(named)} cannot be used with it. Remove the option, or choose a method "
+                              f"with a memory ({', '.join(n for n, c in methods().items() if c.memory != 'none')}).")
         values["memory_per_class"], values["memory_total"] = 0, None
-    cfg = RunConfig.from_dict(values)
-    check_config(cfg, method_names(), recipe.memory if recipe else None)
+    cfg = RunConfig(**values, method_options=method_values)
+    check_config(cfg)
     return cfg
-
-
-def scale_lr_steps(steps: Sequence[int], epochs: int, new_epochs: int) -> tuple[int, ...]:
-    """A preset's step schedule stretched to another number of epochs (same fractions of the run):
-    ``--preset cifar100-lt-lfs10 --epochs 16`` divides the rate at epochs 8 and 12 instead of 80 and 120."""
-    out: list[int] = []
-    for s in steps:
-        e = max(1, round(s * new_epochs / epochs))
-        if out and e <= out[-1]:
-            e = out[-1] + 1
-        if e < new_epochs:
-            out.append(e)
-    return tuple(out)
 
 
 def _resume_config(explicit: dict[str, Any]) -> RunConfig:
@@ -210,12 +221,17 @@ def _train(argv: Sequence[str]) -> int:
             f"cil-train {__version__}: method {cfg.method} on {trainer.dataset.name} "
             f"({trainer.scenario.num_classes} classes in {trainer.scenario.num_phases} phases, "
             f"{int(trainer.scenario.train_counts.sum())} training images, "
-            f"ρ={cfg.imbalance:g}), {cfg.backbone}, {cfg.epochs} epochs/phase, device {trainer.device} ({amp}"
+            f"ρ={cfg.imbalance:g}), {cfg.backbone}, {_epochs(cfg)} epochs/phase, device {trainer.device} ({amp}"
             f"{', ' + str(info.world_size) + ' processes' if info.enabled else ''}), run folder {out}",
             flush=True,
         )
     trainer.run()
     return 0
+
+
+def _epochs(cfg: RunConfig) -> str:
+    return f"{cfg.base_epochs} (base) + {cfg.epochs}" if cfg.base_epochs and cfg.base_epochs != cfg.epochs else \
+        str(cfg.epochs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

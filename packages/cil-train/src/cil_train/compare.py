@@ -15,8 +15,10 @@ from typing import Any, Sequence
 
 import attrs
 
-from .checkpoint import atomic_write_json, atomic_write_text
-from .config import RunConfig, config_fields
+from cil_data import atomic_write_bytes
+
+from .checkpoint import atomic_write_json
+from .config import RunConfig
 from .errors import ConfigError
 from .report import fmt, plot_accuracy_curves
 
@@ -53,15 +55,17 @@ class RunSummary:
 
 
 def _label(cfg: dict[str, Any]) -> str:
-    defaults = RunConfig()
+    """The method plus each of its options that differs from the default (``config.json`` of any version)."""
+    run = RunConfig.from_dict(cfg)
+    options, defaults = run.method_options, type(run.method_options)()
     diffs = []
-    for f in config_fields():
-        if f.metadata.get("group") != "methods" or f.name not in cfg:
-            continue
-        value, default = cfg[f.name], getattr(defaults, f.name)
+    for f in attrs.fields(type(options)):
+        value, default = getattr(options, f.name), getattr(defaults, f.name)
         if value != default:
-            diffs.append(f"{f.name.removeprefix(cfg['method'].split('-')[0] + '_')}={value}")
-    return cfg["method"] + (f"[{','.join(diffs)}]" if diffs else "")
+            diffs.append(f"{f.name.removeprefix(run.method.split('-')[0] + '_')}={value}")
+    if run.nme:
+        diffs.append("nme=True")
+    return run.method + (f"[{','.join(diffs)}]" if diffs else "")
 
 
 def load_run(folder: str | Path, label: str | None = None) -> RunSummary:
@@ -139,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     table = markdown_table(groups)
     title = f"## {args.title}\n\n" if args.title else ""
-    atomic_write_text(out / "comparison.md", title + table)
+    atomic_write_bytes(out / "comparison.md", (title + table).encode("utf-8"))
     atomic_write_json(out / "comparison.json", summary_json(groups))
     plotted = plot_accuracy_curves([(lab, mean_curve(rs)) for lab, rs in groups.items()], out / "comparison.png",
                                    args.title)

@@ -1,111 +1,45 @@
-"""Run configuration: one frozen attrs class whose fields are the CLI options.
+"""Run configuration: the options every method shares, plus the chosen method's own options.
 
-Every field carries its help text, its group and (where it has one) its set of allowed values in
-``metadata``; the CLI is generated from these fields, so ``--help`` and the defaults cannot drift
-apart. A wrong value fails at construction with a :class:`~cil_train.errors.ConfigError` that names the
-option, the value and what is allowed. Cross-field rules (e.g. ``ssil`` needs a memory) are checked in
-:func:`check_config` once the method is known.
+:class:`RunConfig` is one frozen attrs class whose fields are the shared command-line options (data,
+protocol, memory, training, output). The method's options live in ``method_options``, an instance of
+the method's own attrs class (``Method.Options``, see :mod:`cil_train.methods`); ``config.json`` stores
+them under ``"method_options"``. Wrong values fail at construction with a
+:class:`~cil_train.errors.ConfigError` naming the option; rules across fields are checked by
+:func:`check_config`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import attrs
 
-from .errors import ConfigError
+import cil_data
 
-__all__ = ["DATA_SOURCES", "RunConfig", "check_config", "config_fields", "option_name"]
+from .errors import ConfigError
+from .options import boolean, choice, int_list, number, option, option_name, optional_str, text
+
+__all__ = ["AUGMENT", "DATA_SOURCES", "RunConfig", "check_config", "config_fields", "memory_budget", "option_name"]
 
 DATA_SOURCES = ("embedded", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "npz")
 ORDERS = ("seed1993", "ordered", "tail-first")
-
-
-def option_name(field_name: str) -> str:
-    """The CLI spelling of a field: ``memory_per_class`` → ``--memory-per-class``."""
-    return "--" + field_name.replace("_", "-")
-
-
-# ---------------------------------------------------------------------------------------------
-# validators: each raises ConfigError naming the option
-def _fail(attribute: attrs.Attribute, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{option_name(attribute.name)} {value!r} is not allowed: {allowed}.")
-
-
-def _choice(*allowed: str) -> Callable:
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in allowed:
-            _fail(attribute, value, "choose one of " + ", ".join(allowed))
-
-    check.choices = allowed  # type: ignore[attr-defined]
-    return check
-
-
-def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, optional: bool = False,
-            integer: bool = False) -> Callable:
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value is None and optional:
-            return
-        kind = "an integer" if integer else "a number"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-            _fail(attribute, value, f"it must be {kind}")
-        if value != value:  # NaN
-            _fail(attribute, value, f"it must be {kind}")
-        if lo is not None and (value <= lo if lo_open else value < lo):
-            _fail(attribute, value, f"it must be {'>' if lo_open else '≥'} {lo}" + (f" and ≤ {hi}" if hi is not None else ""))
-        if hi is not None and value > hi:
-            _fail(attribute, value, f"it must be ≤ {hi}" + (f" and {'>' if lo_open else '≥'} {lo}" if lo is not None else ""))
-
-    return check
-
-
-def _int_list(optional: bool = True) -> Callable:
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value is None and optional:
-            return
-        if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            _fail(attribute, value, "give comma-separated integers, e.g. 80,120")
-
-    return check
+AUGMENT = ("auto", "crop,flip", "crop", "none")
+DEFAULT_PER_CLASS = 20
 
 
 def _order(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    allowed = "choose one of " + ", ".join(ORDERS) + ", or give an explicit comma-separated class list"
     if isinstance(value, str):
         if value not in ORDERS:
-            _fail(attribute, value, "choose one of " + ", ".join(ORDERS) + ", or give an explicit comma-separated class list")
+            raise ConfigError(f"{option_name(attribute.name)} {value!r} is not allowed: {allowed}.")
     elif not (isinstance(value, tuple) and value and all(isinstance(v, int) for v in value)):
-        _fail(attribute, value, "choose one of " + ", ".join(ORDERS) + ", or give an explicit comma-separated class list")
+        raise ConfigError(f"{option_name(attribute.name)} {value!r} is not allowed: {allowed}.")
 
 
-def _is_bool(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        _fail(attribute, value, "it must be true or false")
+def _per_class_default(cfg: Any) -> int | None:
+    return None if cfg.memory_total is not None else DEFAULT_PER_CLASS
 
 
-def _opt_str(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not isinstance(value, str):
-        _fail(attribute, value, "it must be a string")
-
-
-def _str(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        _fail(attribute, value, "it must be a non-empty string")
-
-
-def _opt(group: str, help: str, validator: Callable | None = None, default: Any = None, **extra: Any) -> Any:
-    meta = {"group": group, "help": help, **extra}
-    if validator is not None and hasattr(validator, "choices"):
-        meta["choices"] = validator.choices
-    return attrs.field(default=default, validator=validator, metadata=meta)
-
-
-def _tuple_or_none(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(value)
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class RunConfig:
     """Every option of a run. Defaults give the no-argument experiment: DGR on the embedded
@@ -114,140 +48,187 @@ class RunConfig:
     (``--preset``) set their own backbone, epochs, batch size and schedule."""
 
     # -- experiment ------------------------------------------------------------------------
-    method: str = _opt("experiment", "incremental-learning method (see the list of methods below)", _str, "dgr")
-    preset: str | None = _opt("experiment", "named paper protocol or CPU preset; explicit options override it", _opt_str)
-    data: str = _opt("data", "data source", _choice(*DATA_SOURCES), "embedded")
-    data_root: str | None = _opt(
-        "data", "folder of the data (fashion-mnist: IDX files; cifar10/100: folder holding cifar-10-batches-py or "
-        "cifar-100-python; imagefolder: root with train/ and val/ or test/; npz: the .npz file)", _opt_str)
-    image_size: int = _opt("data", "imagefolder only: images are resized to this square size", _number(8, 512, integer=True), 32)
+    method: str = option("incremental-learning method (see the list of methods below)", text, "dgr", group="experiment")
+    preset: str | None = option("named paper protocol or CPU preset; explicit options override it", optional_str,
+                                group="experiment")
+    # -- data ------------------------------------------------------------------------------
+    data: str = option("data source", choice(*DATA_SOURCES), "embedded", group="data")
+    data_root: str | None = option(
+        "folder of the data (fashion-mnist: IDX files; cifar10/100: folder holding cifar-10-batches-py or "
+        "cifar-100-python; imagefolder: root with train/ and val/ or test/; npz: the .npz file)", optional_str,
+        group="data")
+    image_size: int = option("imagefolder only: images are resized to this square size",
+                             number(8, 512, integer=True), 32, group="data")
+    augment: str = option("training augmentation: auto (the data source's choice: no flip for character data), "
+                          "crop,flip, crop (random crop with 4-pixel padding) or none", choice(*AUGMENT), "auto",
+                          group="data")
     order: Any = attrs.field(
-        default="seed1993", converter=_tuple_or_none, validator=_order,
-        metadata={"group": "data", "help": "class order: seed1993 (numpy seed-1993 permutation), ordered (identity, "
-                  "head first), tail-first, or an explicit comma-separated list", "choices": ORDERS})
-    imbalance: float = _opt("data", "long-tail imbalance ratio ρ = n_max / n_min (1 = keep every image)",
-                            _number(1.0), 10.0)
-    profile: str = _opt("data", "long-tail profile over the class ranking (original labels)", _choice("exp", "step"), "exp")
-    lt_seed: int = _opt("data", "seed of the long-tail subsampling (fixed across --seed, as in the papers)",
-                        _number(0, integer=True), 0)
-    phases: int = _opt("data", "number of phases (with --base-classes: the base phase plus phases-1 equal steps)",
-                       _number(1, integer=True), 5)
-    base_classes: int | None = _opt("data", "classes in the first phase (LFH / B50 protocols); default: equal splits",
-                                    _number(1, optional=True, integer=True))
-    increments: Any = attrs.field(
-        default=None, converter=_tuple_or_none, validator=_int_list(),
-        metadata={"group": "data", "help": "explicit classes per phase, e.g. 50,10,10,10,10,10 (overrides --phases)"})
-    memory_per_class: int | None = _opt("memory", "exemplars per class (growing memory); 0 = no memory",
-                                        _number(0, optional=True, integer=True), 20)
-    memory_total: int | None = _opt("memory", "fixed total memory split equally over seen classes (replaces --memory-per-class)",
-                                    _number(0, optional=True, integer=True))
-    memory_selection: str = _opt("memory", "exemplar selection", _choice("herding", "random"), "herding")
-
+        default="seed1993", converter=lambda v: tuple(v) if isinstance(v, list) else v, validator=_order,
+        metadata={"group": "data", "kind": "order", "choices": ORDERS,
+                  "help": "class order: seed1993 (numpy seed-1993 permutation), ordered (identity, head first), "
+                          "tail-first, or an explicit comma-separated list"})
+    imbalance: float = option("long-tail imbalance ratio ρ = n_max / n_min (1 = keep every image)", number(1.0), 10.0,
+                              group="data")
+    profile: str = option("long-tail profile over the class ranking (original labels)", choice("exp", "step"), "exp",
+                          group="data")
+    lt_seed: int = option("seed of the long-tail subsampling (fixed across --seed, as in the papers)",
+                          number(0, integer=True), 0, group="data")
+    phases: int = option("number of phases (with --base-classes: the base phase plus phases-1 equal steps)",
+                         number(1, integer=True), 5, group="data")
+    base_classes: int | None = option("classes in the first phase (LFH / B50 protocols); default: equal splits",
+                                      number(1, optional=True, integer=True), group="data")
+    increments: Any = option("explicit classes per phase, e.g. 50,10,10,10,10,10 (overrides --phases)", int_list(),
+                             group="data")
+    # -- memory ----------------------------------------------------------------------------
+    memory_total: int | None = option("fixed total memory split equally over seen classes (replaces "
+                                      "--memory-per-class)", number(0, optional=True, integer=True), group="memory")
+    memory_per_class: int | None = attrs.field(
+        default=attrs.Factory(_per_class_default, takes_self=True), validator=number(0, optional=True, integer=True),
+        metadata={"group": "memory", "kind": "int", "shown_default": f"{DEFAULT_PER_CLASS}, none with --memory-total",
+                  "help": "exemplars per class (growing memory); 0 = no memory"})
+    memory_selection: str = option("exemplar selection", choice("herding", "random"), "herding", group="memory")
     # -- training --------------------------------------------------------------------------
-    backbone: str = _opt("training", "feature extractor: resnet8/20/32/44/56/110 (32×32 family), resnet18-cifar, "
-                         "resnet18 (ImageNet size)", _str, "resnet20")
-    epochs: int = _opt("training", "epochs per phase (with a preset: its --lr-steps are scaled to the same fractions)",
-                       _number(1, integer=True), 30)
-    lr: float = _opt("training", "initial learning rate of each phase (SGD)", _number(0.0, lo_open=True), 0.1)
-    lr_schedule: str = _opt("training", "schedule within a phase", _choice("cosine", "step", "constant"), "cosine")
-    lr_steps: Any = attrs.field(
-        default=None, converter=_tuple_or_none, validator=_int_list(),
-        metadata={"group": "training", "help": "epochs at which --lr-schedule step divides the rate, e.g. 80,120"})
-    lr_decay: float = _opt("training", "factor of each step of --lr-schedule step", _number(0.0, 1.0, lo_open=True), 0.1)
-    momentum: float = _opt("training", "SGD momentum", _number(0.0, 1.0), 0.9)
-    weight_decay: float = _opt("training", "SGD weight decay", _number(0.0), 5e-4)
-    batch_size: int = _opt("training", "batch size (ssil: see --ssil-batch-new/--ssil-batch-memory)",
-                           _number(1, integer=True), 32)
-    seed: int = _opt("training", "seed of initialisation, batch order and augmentation", _number(0, integer=True), 1993)
-    device: str = _opt("training", "auto (cuda if available), cpu, cuda, cuda:N", _str, "auto")
-    amp: str = _opt("training", "mixed precision: auto (bf16 where the hardware supports it), bf16, fp16 (cuda), off",
-                    _choice("auto", "bf16", "fp16", "off"), "auto")
-    channels_last: bool = _opt("training", "channels_last memory format", _is_bool, True)
-    compile: bool = _opt("training", "torch.compile the network (pays on long runs; first epoch slower)", _is_bool, False)
-    threads: int | None = _opt("training", "CPU threads for torch (default: torch's choice)", _number(1, optional=True, integer=True))
-    eval_batch_size: int = _opt("training", "batch size of evaluation and feature extraction", _number(1, integer=True), 512)
-
+    backbone: str = option("feature extractor: resnet8/20/32/44/56/110 (32×32 family), resnet18-cifar, "
+                           "resnet18 (ImageNet size)", text, "resnet20", group="training")
+    epochs: int = option("epochs per phase (with a preset: its --lr-steps are scaled to the same fractions)",
+                         number(1, integer=True), 30, group="training")
+    base_epochs: int | None = option("epochs of the base phase (default: --epochs); the papers train it longer",
+                                     number(1, optional=True, integer=True), group="training")
+    lr: float = option("initial learning rate of each phase (SGD)", number(0.0, lo_open=True), 0.1, group="training")
+    base_lr: float | None = option("initial learning rate of the base phase (default: --lr)",
+                                   number(0.0, lo_open=True, optional=True), group="training")
+    lr_schedule: str = option("schedule within a phase", choice("cosine", "step", "constant"), "cosine",
+                              group="training")
+    lr_steps: Any = option("epochs at which --lr-schedule step divides the rate, e.g. 80,120 (scaled to the "
+                           "base phase's epochs there)", int_list(), group="training")
+    lr_decay: float = option("factor of each step of --lr-schedule step", number(0.0, 1.0, lo_open=True), 0.1,
+                             group="training")
+    momentum: float = option("SGD momentum", number(0.0, 1.0), 0.9, group="training")
+    weight_decay: float = option("SGD weight decay", number(0.0), 5e-4, group="training")
+    batch_size: int = option("batch size (a method may use its own, e.g. ssil's --ssil-batch-new)",
+                             number(1, integer=True), 32, group="training")
+    seed: int = option("seed of initialisation, batch order and augmentation", number(0, integer=True), 1993,
+                       group="training")
+    device: str = option("auto (cuda if available), cpu, cuda, cuda:N", text, "auto", group="training")
+    amp: str = option("mixed precision: auto (bf16 where the hardware supports it), bf16, fp16 (cuda), off",
+                      choice("auto", "bf16", "fp16", "off"), "auto", group="training")
+    channels_last: bool = option("channels_last memory format", boolean, True, group="training")
+    compile: bool = option("torch.compile the network (pays on long runs; first epoch slower)", boolean, False,
+                           group="training")
+    threads: int | None = option("CPU threads for torch (default: torch's choice)",
+                                 number(1, optional=True, integer=True), group="training")
+    eval_batch_size: int = option("batch size of evaluation and feature extraction", number(1, integer=True), 512,
+                                  group="training")
+    nme: bool = option("also evaluate nearest-mean-of-exemplars (methods that report it do so anyway)", boolean, False,
+                       group="training")
     # -- output ----------------------------------------------------------------------------
-    out: str | None = _opt("output", "run folder (default: runs/<date>-<time>-<method>-<data>)", _opt_str)
-    resume: str | None = _opt("output", "continue the run in this folder from its last checkpoint", _opt_str)
-    checkpoint_every: int = _opt("output", "write a checkpoint every N epochs (and at each phase end); 0 = phase ends only",
-                                 _number(0, integer=True), 1)
-    plots: bool = _opt("output", "write PNG plots (needs matplotlib: pip install 'cil-train[plots]')", _is_bool, True)
-    progress: str = _opt("output", "progress output: bar (on a terminal), line (one line per epoch), none",
-                         _choice("auto", "bar", "line", "none"), "auto")
+    out: str | None = option("run folder (default: runs/<date>-<time>-<method>-<data>)", optional_str, group="output")
+    resume: str | None = option("continue the run in this folder from its last checkpoint", optional_str,
+                                group="output")
+    checkpoint_every: int = option("write a checkpoint every N epochs (and at each phase end); 0 = phase ends only",
+                                   number(0, integer=True), 1, group="output")
+    plots: bool = option("write PNG plots (needs matplotlib: pip install 'cil-train[plots]')", boolean, True,
+                         group="output")
+    progress: str = option("progress output: bar (on a terminal), line (one line per epoch), none",
+                           choice("auto", "bar", "line", "none"), "auto", group="output")
+    # -- the method's own options (an instance of its Options class; defaults when not given) --
+    method_options: Any = attrs.field(default=None, eq=True, metadata={"group": "internal"})
 
-    # -- method options --------------------------------------------------------------------
-    kd_temperature: float = _opt("methods", "distillation temperature T (all methods)", _number(0.0, lo_open=True), 2.0)
-    bsce_alpha: float = _opt("methods", "bsce: weight α of old classes in λ_c = α·n_c", _number(0.0, 1.0, lo_open=True), 1.0)
-    relaxed_eps: float | None = _opt("methods", "bsce-relaxed: λ of old classes (default 0.2 % of the mean class count)",
-                                     _number(0.0, optional=True))
-    meta_interval: int = _opt("methods", "bsce-meta: update α every k steps", _number(1, integer=True), 10)
-    meta_lr: float = _opt("methods", "bsce-meta: learning rate of α", _number(0.0, lo_open=True), 0.01)
-    meta_scope: str = _opt("methods", "bsce-meta: look-ahead over the whole network or the classifier only",
-                           _choice("network", "classifier"), "network")
-    lwf_lambda: float = _opt("methods", "lwf: weight of the distillation term", _number(0.0), 3.0)
-    ssil_batch_new: int = _opt("methods", "ssil: new-data samples per batch (B_n)", _number(1, integer=True), 128)
-    ssil_batch_memory: int = _opt("methods", "ssil: memory samples per batch (B_r)", _number(1, integer=True), 32)
-    ssil_tkd: bool = _opt("methods", "ssil: task-wise KD (ICCV version); false = the earlier plain-KD variant", _is_bool, True)
-    jioc: str = _opt("methods", "icarl-jioc ablation: both (L_JIOC), ic (L_IC + KD), oc (CE + L_OC + L_sup), none (CE + KD)",
-                     _choice("both", "ic", "oc", "none"), "both")
-    jioc_gamma1: float = _opt("methods", "icarl-jioc: weight γ1 of output coordination", _number(0.0), 1.0)
-    jioc_gamma2: float = _opt("methods", "icarl-jioc: weight γ2 of new-head suppression", _number(0.0), 1.0)
-    jioc_detach: bool = _opt("methods", "icarl-jioc: detach the input-coordination weight δ", _is_bool, True)
-    jioc_normalize: bool = _opt("methods", "icarl-jioc: normalise δ to mean 1 over the batch", _is_bool, False)
-    jioc_squared: bool = _opt("methods", "icarl-jioc: squared suppression variant", _is_bool, False)
-    dgr_dakd: bool = _opt("methods", "dgr: distribution-aware KD (false: plain KD)", _is_bool, True)
-    dgr_decouple: bool = _opt("methods", "dgr: decoupled class balance (false: GR, one group over all classes)", _is_bool, True)
-    dgr_regularized_softmax: bool = _opt("methods", "dgr: regularised softmax (false: plain CE)", _is_bool, True)
-    dgr_offsets: str = _opt("methods", "dgr: regularised-softmax offsets from class counts or accumulated gradients",
-                            _choice("log_prior", "grad"), "log_prior")
-    dgr_eta: float = _opt("methods", "dgr: attenuation strength η of the task-balance ratio", _number(0.0), 1.0)
-    wa_p: float = _opt("methods", "wa: norm p of weight aligning", _number(0.0, lo_open=True), 2.0)
-    wa_clamp: bool = _opt("methods", "wa: clamp γ ≤ 1 (authors' code)", _is_bool, False)
-    wa_clip: bool = _opt("methods", "wa: clip FC weights to ≥ 0 after every step (authors' code)", _is_bool, False)
-    wa_t_squared: bool = _opt("methods", "wa: T² factor on the KD term", _is_bool, False)
-    nme: bool = _opt("methods", "also evaluate nearest-mean-of-exemplars (always on for icarl)", _is_bool, False)
+    def __attrs_post_init__(self) -> None:
+        from .methods import method_class
 
+        cls = method_class(self.method)  # the one place a method name is validated
+        opts = self.method_options
+        if opts is None:
+            opts = cls.Options()
+        elif isinstance(opts, dict):
+            opts = cls.options_from_dict(opts)
+        elif not isinstance(opts, cls.Options):
+            raise ConfigError(f"method_options must be {cls.__name__}.Options or a dict for --method {self.method}, "
+                              f"got {type(opts).__name__}")
+        object.__setattr__(self, "method_options", opts)
+
+    # ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.asdict(self).items()}
+        """Plain JSON values; the method's options under ``"method_options"``."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in config_fields()}
+        out["method_options"] = {k: _plain(v) for k, v in attrs.asdict(self.method_options).items()}
+        return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
-        names = {f.name for f in attrs.fields(cls)}
-        unknown = sorted(set(values) - names)
+        """The inverse of :meth:`to_dict`. Also reads the flat ``config.json`` of cil-train 0.1, where
+        each method option was a top-level key."""
+        from .methods import method_class
+
+        values = dict(values)
+        shared = {f.name for f in config_fields()}
+        method = values.get("method", "dgr")
+        method_values = dict(values.pop("method_options", None) or {})
+        own = {f.name for f in attrs.fields(method_class(method).Options)} if isinstance(method, str) else set()
+        legacy = {k: values.pop(k) for k in list(values) if k not in shared and k in _legacy_method_keys()}
+        method_values.update({k: v for k, v in legacy.items() if k in own})
+        unknown = sorted(set(values) - shared)
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(option_name(u) for u in unknown)}")
-        return cls(**values)
+        return cls(**values, method_options=method_values)
 
     def replace(self, **changes: Any) -> "RunConfig":
+        if "method" in changes and "method_options" not in changes:
+            changes["method_options"] = None
         return attrs.evolve(self, **changes)
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _legacy_method_keys() -> set[str]:
+    from .methods import all_option_fields
+
+    return set(all_option_fields())
+
+
 def config_fields() -> Sequence[attrs.Attribute]:
-    return attrs.fields(RunConfig)
+    """The shared options (``method_options`` excluded)."""
+    return [f for f in attrs.fields(RunConfig) if f.name != "method_options"]
 
 
-def check_config(cfg: RunConfig, method_names: Sequence[str], memory_policy: str | None) -> None:
-    """Rules across fields. ``memory_policy`` is the method's: "required", "optional" or "none"."""
-    if cfg.method not in method_names:
-        raise ConfigError(f"--method {cfg.method!r} is not a known method: choose one of {', '.join(method_names)}.")
+def memory_budget(cfg: RunConfig) -> cil_data.MemoryBudget | None:
+    """The run's exemplar budget (None: no memory), from the one rule in :func:`cil_data.MemoryBudget.from_options`;
+    an exemplar-free method has none."""
+    from .methods import method_class
+
+    if method_class(cfg.method).memory == "none":
+        return None
+    try:
+        return cil_data.MemoryBudget.from_options(per_class=cfg.memory_per_class, total=cfg.memory_total)
+    except cil_data.DataError as exc:
+        raise ConfigError(f"--memory-per-class/--memory-total: {exc}") from exc
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Rules across fields, checked once before anything is loaded or trained."""
+    from .methods import method_class
+
+    method = method_class(cfg.method)
     if cfg.data in ("cifar10", "cifar100", "imagefolder", "npz") and not cfg.data_root:
         raise ConfigError(
             f"--data {cfg.data} needs --data-root: the folder (for npz: the file) that holds the data; "
             "nothing is downloaded."
         )
-    if cfg.memory_total is not None and cfg.memory_per_class not in (None, 0, 20):
-        raise ConfigError("--memory-total and --memory-per-class are exclusive: give one of them.")
-    has_memory = bool(cfg.memory_total) or (cfg.memory_total is None and bool(cfg.memory_per_class))
-    if memory_policy == "required" and not has_memory:
+    budget = memory_budget(cfg)
+    if method.memory == "required" and budget is None:
         raise ConfigError(
             f"--method {cfg.method} needs an exemplar memory: give --memory-per-class N (N ≥ 1) or --memory-total N."
         )
     if cfg.lr_schedule == "step" and not cfg.lr_steps:
         raise ConfigError("--lr-schedule step needs --lr-steps, e.g. --lr-steps 80,120.")
     if cfg.lr_steps and any(s < 1 or s >= cfg.epochs for s in cfg.lr_steps):
-        raise ConfigError(f"--lr-steps {','.join(map(str, cfg.lr_steps))}: every step must lie in 1..{cfg.epochs - 1} (--epochs {cfg.epochs}).")
+        raise ConfigError(f"--lr-steps {','.join(map(str, cfg.lr_steps))}: every step must lie in "
+                          f"1..{cfg.epochs - 1} (--epochs {cfg.epochs}).")
     if cfg.increments is not None and (cfg.base_classes is not None):
         raise ConfigError("--increments and --base-classes are exclusive: --increments already fixes the first phase.")
     if cfg.amp == "fp16" and not cfg.device.startswith("cuda") and cfg.device != "auto":
         raise ConfigError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or --amp off.")
+    method.check_options(cfg)

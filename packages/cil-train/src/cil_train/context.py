@@ -1,52 +1,91 @@
-"""What a recipe sees of the current phase."""
+"""What a method sees of the current phase: :class:`PhaseData` and :class:`PhaseContext`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-__all__ = ["PhaseContext"]
+__all__ = ["PhaseContext", "PhaseData"]
+
+
+@dataclass
+class PhaseData:
+    """The phase's training data on the device: uint8 images, incremental labels, replay flags.
+
+    ``train`` and ``val`` are positions (CPU int64) into ``x``/``y``: the samples trained on and those held out
+    as a class-balanced validation split (empty unless the method asks for one). ``new_x``/``new_y`` are the
+    new classes' images and labels on the CPU (the memory update's input)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    is_memory: torch.Tensor
+    train: torch.Tensor
+    val: torch.Tensor
+    new_x: torch.Tensor = field(repr=False)
+    new_y: torch.Tensor = field(repr=False)
+
+    @property
+    def num_new_images(self) -> int:
+        return int((~self.is_memory).sum())
+
+    @property
+    def num_exemplars(self) -> int:
+        return int(self.is_memory.sum())
 
 
 @dataclass
 class PhaseContext:
-    """State of the phase being trained, shared by the loop and the recipe.
+    """State of the phase being trained, shared by the loop and the method.
 
     Attributes:
+        run: the :class:`~cil_train.config.RunConfig`; ``options``: the method's own options.
         t: phase index (0 = base phase).
-        net: the network being trained (``cil_models.IncrementalNet``, possibly compiled for forward).
-        model: the same network, never compiled (heads, parameters, weight aligning).
-        teacher: frozen copy of the network after the previous phase (None in phase 0).
+        model: the network being trained (``cil_models.IncrementalNet``); ``net``: the same, possibly compiled
+            for the forward pass.
+        teacher: frozen network after the previous phase (None in phase 0).
         num_old / num_new / num_seen: class counts; classes ``< num_old`` are old.
         boundaries: task boundaries of the seen classes, ``[0, |S_0|, |S_0|+|S_1|, ...]``.
+        data: the phase's :class:`PhaseData`.
         class_counts: ``n_c``, training samples of each seen class available in this phase (float, device).
         original_counts: ``N_c``, original (long-tailed, pre-memory) training count of each seen class.
         memory_counts: ``m_c``, exemplars held for each old class.
         n_seen / n_new: original training images of all old classes / training images of the new classes.
         dataset_mean_count: mean original training count per class over the whole data set.
+        generator: the phase's CPU generator (batch order, method draws); checkpointed with the run.
+        normalize: uint8 images → the network's input (no augmentation).
+        extract: ``extract(model, images, "features" | "logits")`` in eval mode, in batches.
+        optimizer: the current stage's optimiser; step / epoch: counters (step runs over the whole phase).
     """
 
-    cfg: Any
+    run: Any
     t: int
-    net: torch.nn.Module
     model: Any
     teacher: Any
     device: torch.device
     num_old: int
     num_new: int
     boundaries: list[int]
+    data: PhaseData
     class_counts: torch.Tensor
     original_counts: torch.Tensor
     memory_counts: torch.Tensor
     n_seen: int
     n_new: int
     dataset_mean_count: float
+    generator: torch.Generator
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    extract: Callable[..., torch.Tensor]
+    net: torch.nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
+    stage: Any = None
     step: int = 0
     epoch: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def options(self) -> Any:
+        return self.run.method_options
 
     @property
     def num_seen(self) -> int:
@@ -65,4 +104,4 @@ class PhaseContext:
             return self.teacher(x)
 
     def current_lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else float(self.cfg.lr)
+        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else float(self.run.lr)

@@ -9,53 +9,18 @@ from typing import Any
 import torch
 
 import cil_data
-from cil_data import DataError, ImageDataset, IncrementalScenario
+from cil_data import DataError, ImageDataset, IncrementalScenario, LazyImageDataset
 
 from .config import RunConfig
 from .errors import ConfigError
 
-__all__ = ["IN_MEMORY_LIMIT", "LazyFolder", "build_scenario", "load_dataset"]
+__all__ = ["IN_MEMORY_LIMIT", "build_scenario", "load_dataset"]
 
 # image folders whose decoded uint8 pixels would exceed this are decoded on access instead
 IN_MEMORY_LIMIT = 4 * 2**30
 
 
-class _DecodeOnIndex:
-    """``images[indices]`` decodes just those files (threads), so the loop can treat a lazy image folder
-    like resident arrays: each phase decodes its own images once (an ImageNet-Subset-LT phase at 224×224
-    holds a few hundred MB)."""
-
-    def __init__(self, split: Any, workers: int) -> None:
-        self.split, self.workers = split, workers
-
-    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.split.decode(indices, num_workers=self.workers)
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-
-class LazyFolder:
-    """An image folder too large to hold decoded, presented with the attributes the loop reads."""
-
-    def __init__(self, lazy: Any, workers: int | None = None) -> None:
-        workers = workers if workers is not None else min(16, os.cpu_count() or 1)
-        self.name, self.class_names, self.mean, self.std = lazy.name, lazy.class_names, lazy.mean, lazy.std
-        self.train_labels, self.test_labels = lazy.train_labels, lazy.test_labels
-        self.train_images = _DecodeOnIndex(lazy.train, workers)
-        self.test_images = _DecodeOnIndex(lazy.test, workers)
-        self.image_shape = lazy.image_shape
-        self._lazy = lazy
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def train_counts(self) -> torch.Tensor:
-        return self._lazy.train_counts()
-
-
-def load_dataset(cfg: RunConfig) -> ImageDataset | LazyFolder:
+def load_dataset(cfg: RunConfig) -> ImageDataset | LazyImageDataset:
     """The data set named by ``--data`` (and ``--data-root``). Image folders are decoded into memory when
     they fit in :data:`IN_MEMORY_LIMIT` bytes, else decoded on access, phase by phase."""
     root = cfg.data_root
@@ -77,7 +42,7 @@ def load_dataset(cfg: RunConfig) -> ImageDataset | LazyFolder:
             workers = min(16, os.cpu_count() or 1)
             if cil_data.estimate_image_folder_bytes(root, image_size=cfg.image_size) <= IN_MEMORY_LIMIT:
                 return cil_data.load_image_folder(root, image_size=cfg.image_size, num_workers=workers)
-            return LazyFolder(cil_data.open_image_folder(root, image_size=cfg.image_size), workers)
+            return cil_data.open_image_folder(root, image_size=cfg.image_size, num_workers=workers)
     except DataError as exc:
         raise ConfigError(f"--data {cfg.data}: {exc}") from exc
     raise ConfigError(f"--data {cfg.data!r} is not known")  # unreachable: validated by RunConfig

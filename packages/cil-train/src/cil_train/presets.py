@@ -92,11 +92,12 @@ PRESETS: dict[str, Preset] = {
     "glyphs100-lt": Preset("glyphs100 npz ρ=100, shuffled (seed 1993), 10 tasks of 10, 20/class (CPU-sized)",
                            "LT-CIL LFS-10 protocol on ../shared/data/glyphs100.npz", data="npz",
                            data_root="../shared/data/glyphs100.npz", imbalance=100.0, order="seed1993", phases=10,
-                           memory_per_class=20, backbone="resnet8", epochs=15, batch_size=64),
+                           memory_per_class=20, backbone="resnet8", epochs=15, batch_size=64, augment="crop"),
     "glyphs100-lt-ordered": Preset("glyphs100 npz ρ=100, ordered (head first), 10 tasks of 10, 20/class",
                                    "LT-CIL ordered LFS-10 on glyphs100", data="npz",
                                    data_root="../shared/data/glyphs100.npz", imbalance=100.0, order="ordered",
-                                   phases=10, memory_per_class=20, backbone="resnet8", epochs=15, batch_size=64),
+                                   phases=10, memory_per_class=20, backbone="resnet8", epochs=15, batch_size=64,
+                                   augment="crop"),
 }
 
 

@@ -12,7 +12,9 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cil_data import atomic_write_bytes
+
+from .checkpoint import atomic_write_json
 
 __all__ = ["PhaseTable", "fmt", "plot_accuracy_curves", "write_reports"]
 
@@ -176,7 +178,7 @@ def write_reports(out: Path, cfg: Any, result: dict[str, Any], plots: bool = Tru
                   log: Callable[[str], None] = print) -> None:
     """metrics.json (summary + per-phase records), metrics.csv (one row per phase) and the PNG plots."""
     atomic_write_json(out / "metrics.json", result)
-    atomic_write_text(out / "metrics.csv", _csv(result["phases"]))
+    atomic_write_bytes(out / "metrics.csv", _csv(result["phases"]).encode("utf-8"))
     if not plots:
         return
     if _matplotlib() is None:

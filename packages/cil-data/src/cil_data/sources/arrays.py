@@ -7,6 +7,7 @@ Image layouts accepted: ``[N, H, W]`` (grey), ``[N, C, H, W]`` with ``C ∈ {1, 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def dataset_from_arrays(
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    augment: str = "crop,flip",
 ) -> ImageDataset:
     """An :class:`ImageDataset` from uint8 image arrays and integer labels.
 
@@ -84,6 +86,7 @@ def dataset_from_arrays(
         class_names=[str(c) for c in class_names],
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+        augment=augment,
     )
 
 
@@ -95,10 +98,14 @@ def load_npz(
     std: Sequence[float] | None = None,
 ) -> ImageDataset:
     """Load an ``.npz`` with keys ``x_train, y_train, x_test, y_test`` (uint8 images, integer labels) and
-    optionally ``classes`` (one name per class), e.g. ``glyphs100.npz``. Pickled objects are refused."""
+    optionally ``classes`` (one name per class) and ``augment`` (a string of :data:`~cil_data.AUGMENT_POLICIES`;
+    ``"crop"`` for characters, default ``"crop,flip"``), e.g. ``glyphs100.npz``. Pickled objects are refused."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist; pass the path of a .npz holding {', '.join(NPZ_KEYS)}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not an .npz file (an .npz is a zip archive; this file is not one): "
+                        f"write it with numpy.savez holding {', '.join(NPZ_KEYS)}")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in NPZ_KEYS if k not in data.files]
@@ -106,6 +113,7 @@ def load_npz(
                 raise DataError(f"{path} lacks the array(s) {missing}; it holds {data.files}, needs {', '.join(NPZ_KEYS)} (+ optional classes)")
             arrays = {k: data[k] for k in NPZ_KEYS}
             classes = [str(c) for c in data["classes"].tolist()] if "classes" in data.files else None
+            augment = str(data["augment"]) if "augment" in data.files else "crop,flip"
     except DataError:
         raise
     except ValueError as exc:  # object arrays need pickle
@@ -114,5 +122,5 @@ def load_npz(
         raise DataError(f"{path} is not a readable .npz file ({exc})") from exc
     return dataset_from_arrays(
         name or path.stem, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], classes,
-        mean=mean, std=std,
+        mean=mean, std=std, augment=augment,
     )

@@ -264,6 +264,12 @@ class LazyImageDataset:
     class_names: list[str]
     mean: tuple[float, ...] = field(default=IMAGENET_MEAN)
     std: tuple[float, ...] = field(default=IMAGENET_STD)
+    augment: str = "crop,flip"
+    num_workers: int = 0
+
+    def images(self, split: str, indices: torch.Tensor) -> torch.Tensor:
+        """Decode the images of ``split`` (``"train"`` or ``"test"``) at ``indices`` (``num_workers`` threads)."""
+        return getattr(self, split).decode(indices, num_workers=self.num_workers)
 
     @property
     def train_labels(self) -> torch.Tensor:
@@ -295,9 +301,11 @@ def open_image_folder(
     name: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    num_workers: int = 0,
 ) -> LazyImageDataset:
     """A lazy view of an image folder (nothing is decoded now); ``mean``/``std`` default to ImageNet's
-    (grey: their average) since the pixels are not read up front."""
+    (grey: their average) since the pixels are not read up front. ``num_workers`` threads decode the images
+    that :meth:`LazyImageDataset.images` is asked for."""
     size = _check_options(image_size, mode, resize)
     tree = _scan(root, test_split)
     c = MODES[mode]
@@ -316,4 +324,5 @@ def open_image_folder(
         class_names=tree.class_names,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+        num_workers=check_int(num_workers, "num_workers", 0),
     )

@@ -1,39 +1,61 @@
-"""What a method is: a recipe of losses, a sampler and post-phase steps on the one shared loop.
+"""What a method is: one class that owns its options, network, training stages, loss and evaluation.
 
-A recipe never owns the training loop. The loop (``cil_train.loop``) calls, per phase:
-``start_phase(ctx)`` → for every step ``loss(ctx, batch)`` (forward included), backward, optimiser
-step, ``after_step(ctx)`` → ``end_phase(ctx)`` → memory update → evaluation. Adding a method means
-writing one small subclass and registering it with :func:`register`.
+The loop (:mod:`cil_train.loop`) calls a method's hooks in this order::
+
+    build_network(in_channels)                  once, before phase 0 (the loop seeds the global generator)
+    per phase t:
+        make_teacher(model)                     t > 0: the frozen network of phase t−1
+        held_out_per_class(phase)               samples per class kept out of training (balanced validation split)
+        grow_network(ctx)                       add the phase's classes (head rows, extractors, imprinting)
+        start_phase(ctx)                        the phase data, network and teacher are ready
+        stages(ctx)                             the phase's training stages, each with its budget, sampler,
+                                                learning rate and schedule, trainable parameters and loss
+          per step: stage.loss(ctx, batch)      (default: loss) → backward → optimiser step → after_step(ctx)
+        end_phase(ctx)                          e.g. weight aligning; returns figures to record
+        (memory update, evaluation of ctx.evaluation kinds, checkpoint)
+    state_dict() / load_state_dict()            whatever the method must carry across a resume
+
+Options: a method's ``Options`` is an attrs class of :func:`~cil_train.options.option` fields; the command
+line (``--field-name``), ``--help``, presets and ``config.json`` (under ``"method_options"``) derive from it.
+Two methods that share an option (same field name) share its command-line flag; give it the same default.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import attrs
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+from ..options import number, option, option_name
+
 if TYPE_CHECKING:  # pragma: no cover
+    import cil_data
+    from cil_models import IncrementalNet
+
     from ..config import RunConfig
     from ..context import PhaseContext
+    from ..stages import Stage
 
-__all__ = ["Batch", "Recipe", "METHODS", "make_recipe", "method_names", "register"]
+__all__ = ["Batch", "KDOptions", "Method", "NoOptions"]
 
-METHODS: dict[str, type["Recipe"]] = {}
-
-
-def register(cls: type["Recipe"]) -> type["Recipe"]:
-    METHODS[cls.name] = cls
-    return cls
+MEMORY_KINDS = ("required", "optional", "none")
+EVALUATIONS = ("cnn", "nme")
 
 
-def method_names() -> list[str]:
-    return list(METHODS)
+@attrs.frozen(kw_only=True)
+class NoOptions:
+    """A method without options of its own."""
 
 
-def make_recipe(cfg: "RunConfig") -> "Recipe":
-    return METHODS[cfg.method](cfg)
+@attrs.frozen(kw_only=True)
+class KDOptions:
+    """Options of every method that distils from the previous phase's network."""
+
+    kd_temperature: float = option("distillation temperature T", number(0.0, lo_open=True), 2.0)
 
 
 @dataclass
@@ -43,44 +65,91 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     is_memory: torch.Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Recipe:
-    """Base recipe: plain cross-entropy on the phase data (new classes + memory).
+class Method:
+    """Base method: plain cross-entropy on the phase data (new classes + memory), one main stage per phase.
 
     Class attributes a subclass sets:
         name: the ``--method`` value.
         summary: one line for ``--help`` (paper and losses).
         memory: "required" (refuses to run without exemplars), "optional" or "none" (exemplar-free:
-            the memory options are ignored and must not be given).
-        sampler: "shuffle" (uniform batches over new data + memory) or "ratio_preserving" (SS-IL).
-        uses_nme: evaluate the nearest-mean-of-exemplars classifier too.
+            memory options must not be given).
+        position: where the method stands in lists (``--help``, errors): baselines first.
+        evaluation: what the method reports: ``("cnn",)``, ``("nme",)`` or ``("cnn", "nme")``.
+        Options: its attrs options class.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     memory: ClassVar[str] = "optional"
-    sampler: ClassVar[str] = "shuffle"
-    uses_nme: ClassVar[bool] = False
+    position: ClassVar[int] = 1000
+    evaluation: ClassVar[tuple[str, ...]] = ("cnn",)
+    Options: ClassVar[type] = NoOptions
 
-    def __init__(self, cfg: "RunConfig") -> None:
-        self.cfg = cfg
+    def __init__(self, run: "RunConfig") -> None:
+        self.run = run
+        self.options = run.method_options
 
-    # -- hooks -----------------------------------------------------------------------------
-    def phase_lr(self, t: int) -> float:
-        """Initial learning rate of phase ``t``."""
-        return self.cfg.lr
+    # -- options -----------------------------------------------------------------------------
+    @classmethod
+    def options_from_dict(cls, values: dict[str, Any]) -> Any:
+        """``Options(**values)`` with an error that names an option this method does not have."""
+        own = {f.name for f in attrs.fields(cls.Options)}
+        unknown = sorted(set(values) - own)
+        if unknown:
+            raise ConfigError(
+                f"{', '.join(option_name(u) for u in unknown)} is not an option of --method {cls.name}"
+                + (f" (its options: {', '.join(option_name(o) for o in sorted(own))})" if own else
+                   " (it has no options of its own)") + "."
+            )
+        return cls.Options(**values)
 
-    def start_phase(self, ctx: "PhaseContext") -> None:
-        """Called once the network is expanded and the phase data is on the device."""
+    @classmethod
+    def check_options(cls, run: "RunConfig") -> None:
+        """Rules between this method's options and the shared ones (raise ConfigError)."""
 
-    def validation_per_class(self, ctx: "PhaseContext") -> int:
-        """Samples per seen class held out of training as a balanced validation set (0: none)."""
+    # -- network -------------------------------------------------------------------------------
+    def build_network(self, in_channels: int) -> "IncrementalNet":
+        """The network before phase 0 (no classes yet): the run's backbone and a linear head."""
+        from cil_models import IncrementalNet
+
+        return IncrementalNet(self.run.backbone, in_channels=in_channels)
+
+    def make_teacher(self, model: "IncrementalNet") -> "IncrementalNet":
+        """The teacher of phases t > 0: a frozen copy of the network after phase t−1."""
+        return model.frozen_copy()
+
+    def grow_network(self, ctx: "PhaseContext") -> "IncrementalNet":
+        """Phase t's network from phase t−1's (``ctx.model``): by default the head gains the new classes."""
+        ctx.model.expand(ctx.num_new)
+        return ctx.model
+
+    # -- data ------------------------------------------------------------------------------------
+    def held_out_per_class(self, phase: "cil_data.Phase") -> int:
+        """Samples per seen class of ``phase`` held out of training as a class-balanced validation set (0: none)."""
         return 0
 
-    def loss(self, ctx: "PhaseContext", batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss of one batch (a scalar with a graph) and figures to log."""
+    # -- training --------------------------------------------------------------------------------
+    def start_phase(self, ctx: "PhaseContext") -> None:
+        """Called once the network has grown and the phase data is on the device."""
+
+    def phase_lr(self, t: int) -> float:
+        """Initial learning rate of phase ``t``'s main stage (the base phase may have its own, --base-lr)."""
+        return self.run.base_lr if (t == 0 and self.run.base_lr is not None) else self.run.lr
+
+    def stages(self, ctx: "PhaseContext") -> list["Stage"]:
+        """The phase's training stages, run in order; by default the main stage alone."""
+        return [self.main_stage(ctx)]
+
+    def main_stage(self, ctx: "PhaseContext", **changes: Any) -> "Stage":
+        """The main stage from the shared options (epochs, --base-epochs, lr, schedule, batch size)."""
+        from ..stages import Stage
+
+        return Stage.from_run(self.run, t=ctx.t, lr=self.phase_lr(ctx.t), **changes)
+
+    def loss(self, ctx: "PhaseContext", batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The main stage's loss of one batch (a scalar with a graph) and figures to log."""
         logits = ctx.net(batch.x)
         return F.cross_entropy(logits.float(), batch.y), {}
 
@@ -88,7 +157,7 @@ class Recipe:
         """Called after every optimiser step (e.g. WA's clipping)."""
 
     def end_phase(self, ctx: "PhaseContext") -> dict[str, float]:
-        """Called after the last epoch, before the memory update; returns figures to record."""
+        """Called after the last stage, before the memory update; returns figures to record."""
         return {}
 
     # -- state for exact resume ---------------------------------------------------------------
@@ -97,8 +166,3 @@ class Recipe:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
-
-    # -- helpers shared by recipes ------------------------------------------------------------
-    @staticmethod
-    def old_logits(ctx: "PhaseContext", logits: torch.Tensor) -> torch.Tensor:
-        return logits[:, : ctx.num_old]

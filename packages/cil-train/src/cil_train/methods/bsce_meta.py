@@ -25,10 +25,23 @@ from torch.func import functional_call
 
 import cil_losses as L
 
-from .base import Batch, register
-from .il_baseline import BalancedSoftmax
+import attrs
+
+from ..config import memory_budget
+from ..options import choice, number, option
+from .base import Batch
+from .il_baseline import BalancedSoftmax, BSCEOptions
+from .registry import register
 
 ALPHA_RANGE = (1e-3, 1.0)
+
+
+@attrs.frozen(kw_only=True)
+class MetaOptions(BSCEOptions):
+    meta_interval: int = option("update α every k steps", number(1, integer=True), 10)
+    meta_lr: float = option("learning rate of α", number(0.0, lo_open=True), 0.01)
+    meta_scope: str = option("look-ahead over the whole network or the classifier only",
+                             choice("network", "classifier"), "network")
 
 
 @register
@@ -36,46 +49,48 @@ class MetaBalancedSoftmax(BalancedSoftmax):
     name = "bsce-meta"
     summary = "BalancedS-CE whose old-class weight α is meta-learned on a balanced validation split (Jodelet et al.)"
     memory = "required"
+    position = 40
+    Options = MetaOptions
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
+    def __init__(self, run) -> None:
+        super().__init__(run)
         self._alpha = 1.0
+        self._val_x = self._val_y = None
 
     def alpha(self, ctx) -> float:
         return self._alpha
 
     def start_phase(self, ctx) -> None:
         self._alpha = 1.0
+        val = ctx.data.val.to(ctx.device)
+        self._val_x, self._val_y = ctx.data.x[val], ctx.data.y[val]
 
-    def validation_per_class(self, ctx) -> int:
-        if ctx.t == 0:
-            return 0
-        budget = self.cfg.memory_per_class if self.cfg.memory_total is None else self.cfg.memory_total / ctx.num_seen
-        return max(1, int(round(0.1 * float(budget or 0))))
+    def held_out_per_class(self, phase) -> int:
+        """B_t: 10 % of the per-class memory share of every seen class (2 with 20 exemplars per class)."""
+        return 0 if phase.index == 0 else memory_budget(self.run).held_out_per_class(phase.num_seen, 0.1)
 
     # -- the balanced loss as a function of (logits, α), shared by the look-ahead and the update
     def _balanced(self, ctx, logits, y, teacher, alpha) -> torch.Tensor:
         l_c = L.balanced_softmax_cross_entropy(logits, y, ctx.class_counts, num_old=ctx.num_old, alpha=alpha)
         if ctx.num_old == 0:
             return l_c
-        l_d = L.kd_loss(logits[:, : ctx.num_old], teacher, self.cfg.kd_temperature, t_squared=True)
+        l_d = L.kd_loss(logits[:, : ctx.num_old], teacher, self.options.kd_temperature, t_squared=True)
         rho = ctx.num_old / ctx.num_seen
         return rho * l_d + (1.0 - rho) * l_c
 
     def _meta_update(self, ctx, batch: Batch) -> None:
-        val_x, val_y = ctx.extra.get("val_images"), ctx.extra.get("val_labels")
+        val_x, val_y = self._val_x, self._val_y
         if val_x is None or len(val_y) == 0:
             return
-        gen = ctx.extra["generator"]
-        pick = torch.randperm(len(val_y), generator=gen)[: self.cfg.batch_size].to(val_y.device)
-        xv = ctx.extra["normalize"](val_x[pick])
+        pick = torch.randperm(len(val_y), generator=ctx.generator)[: self.run.batch_size].to(val_y.device)
+        xv = ctx.normalize(val_x[pick])
         yv = val_y[pick]
         model = ctx.model
         alpha = torch.tensor(self._alpha, dtype=torch.float32, device=ctx.device, requires_grad=True)
         teacher = ctx.teacher_logits(batch.x).float()
         buffers = {n: b.clone() for n, b in model.named_buffers()}
         lr = ctx.current_lr()
-        if self.cfg.meta_scope == "classifier":
+        if self.options.meta_scope == "classifier":
             head = model.head
             with torch.no_grad():
                 feats, feats_v = model.features(batch.x).float(), model.features(xv).float()
@@ -93,11 +108,11 @@ class MetaBalancedSoftmax(BalancedSoftmax):
             val_logits = functional_call(model, (fast, buffers), (xv,)).float()
         val_loss = F.cross_entropy(val_logits, yv)
         (g_alpha,) = torch.autograd.grad(val_loss, alpha)
-        new_alpha = float(alpha.detach() - self.cfg.meta_lr * g_alpha)
+        new_alpha = float(alpha.detach() - self.options.meta_lr * g_alpha)
         self._alpha = min(max(new_alpha, ALPHA_RANGE[0]), ALPHA_RANGE[1])
 
     def loss(self, ctx, batch: Batch):
-        if ctx.num_old > 0 and ctx.step % self.cfg.meta_interval == 0:
+        if ctx.num_old > 0 and ctx.step % self.options.meta_interval == 0:
             self._meta_update(ctx, batch)
         logits = ctx.net(batch.x).float()
         teacher = ctx.teacher_logits(batch.x).float() if ctx.num_old else None

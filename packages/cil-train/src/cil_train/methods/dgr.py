@@ -17,18 +17,34 @@ import torch.nn.functional as F
 
 import cil_losses as L
 
-from .base import Batch, Recipe, register
+import attrs
+
+from ..options import boolean, choice, number, option
+from .base import Batch, KDOptions, Method
+from .registry import register
+
+
+@attrs.frozen(kw_only=True)
+class DGROptions(KDOptions):
+    dgr_dakd: bool = option("distribution-aware KD (false: plain KD)", boolean, True)
+    dgr_decouple: bool = option("decoupled class balance (false: GR, one group over all classes)", boolean, True)
+    dgr_regularized_softmax: bool = option("regularised softmax (false: plain CE)", boolean, True)
+    dgr_offsets: str = option("regularised-softmax offsets from class counts or accumulated gradients",
+                              choice("log_prior", "grad"), "log_prior")
+    dgr_eta: float = option("attenuation strength η of the task-balance ratio", number(0.0), 1.0)
 
 
 @register
-class DGR(Recipe):
+class DGR(Method):
     name = "dgr"
     summary = "decoupled gradient reweighting of the classifier + distribution-aware KD (He, CVPR 2024)"
     memory = "optional"
+    position = 110
+    Options = DGROptions
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self.reweighter = L.GradientReweighter(decoupled=cfg.dgr_decouple, eta=cfg.dgr_eta)
+    def __init__(self, run) -> None:
+        super().__init__(run)
+        self.reweighter = L.GradientReweighter(decoupled=self.options.dgr_decouple, eta=self.options.dgr_eta)
 
     def start_phase(self, ctx) -> None:
         self.reweighter.start_phase(
@@ -41,9 +57,9 @@ class DGR(Recipe):
             self._kd_weight = L.dgr_kd_weight(ctx.n_seen, ctx.n_new)
 
     def _offsets(self, ctx) -> torch.Tensor | None:
-        if not self.cfg.dgr_regularized_softmax:
+        if not self.options.dgr_regularized_softmax:
             return None
-        if self.cfg.dgr_offsets == "grad":
+        if self.options.dgr_offsets == "grad":
             return self.reweighter.log_prior_offsets()
         counts = ctx.class_counts.float()
         return torch.log(counts.clamp_min(1e-12) / counts.sum())
@@ -58,10 +74,10 @@ class DGR(Recipe):
         ce = F.cross_entropy(z_ce, batch.y) if offsets is None else L.logit_adjusted_cross_entropy(z_ce, batch.y, offsets)
         if ctx.num_old == 0:
             return ce, {"ce": ce.detach()}
-        T = self.cfg.kd_temperature
+        T = self.options.kd_temperature
         student = z_kd.float()                     # [B, num_old]: the old classes' logits
         teacher = ctx.teacher_logits(batch.x).float()
-        if self.cfg.dgr_dakd:
+        if self.options.dgr_dakd:
             kd = L.dakd_loss(student, teacher, self._lost, T)
         else:
             kd = L.kd_loss(student, teacher, T)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from .base import Recipe, register
+from .base import Method
+from .registry import register
 
 
 @register
-class Finetune(Recipe):
+class Finetune(Method):
     name = "finetune"
     summary = "plain cross-entropy on new data + replay memory (no distillation)"
     memory = "optional"
+    position = 10

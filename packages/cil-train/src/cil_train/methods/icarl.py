@@ -14,22 +14,39 @@ import torch.nn.functional as F
 
 import cil_losses as L
 
-from .base import Batch, Recipe, register
+import attrs
+
+from ..options import boolean, choice, number, option
+from .base import Batch, KDOptions, Method
+from .registry import register
+
+
+@attrs.frozen(kw_only=True)
+class JIOCOptions(KDOptions):
+    jioc: str = option("ablation: both (L_JIOC), ic (L_IC + KD), oc (CE + L_OC + L_sup), none (CE + KD)",
+                       choice("both", "ic", "oc", "none"), "both")
+    jioc_gamma1: float = option("weight γ1 of output coordination", number(0.0), 1.0)
+    jioc_gamma2: float = option("weight γ2 of new-head suppression", number(0.0), 1.0)
+    jioc_detach: bool = option("detach the input-coordination weight δ", boolean, True)
+    jioc_normalize: bool = option("normalise δ to mean 1 over the batch", boolean, False)
+    jioc_squared: bool = option("squared suppression variant", boolean, False)
 
 
 @register
-class ICaRL(Recipe):
+class ICaRL(Method):
     name = "icarl"
     summary = "CE + KD, herding, NME and CNN evaluation (Rebuffi et al. 2017)"
     memory = "optional"
-    uses_nme = True
+    position = 70
+    evaluation = ("cnn", "nme")
+    Options = KDOptions
 
     def loss(self, ctx, batch: Batch):
         logits = ctx.net(batch.x).float()
         ce = F.cross_entropy(logits, batch.y)
         if ctx.num_old == 0:
             return ce, {"ce": ce.detach()}
-        kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.cfg.kd_temperature)
+        kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.options.kd_temperature)
         return ce + kd, {"ce": ce.detach(), "kd": kd.detach()}
 
 
@@ -38,9 +55,11 @@ class ICaRLJIOC(ICaRL):
     name = "icarl-jioc"
     summary = "iCaRL with joint input/output coordination; --jioc both|ic|oc|none for the ablations (IJCAI 2024)"
     memory = "required"
+    position = 80
+    Options = JIOCOptions
 
     def loss(self, ctx, batch: Batch):
-        cfg = self.cfg
+        cfg = self.options
         use_ic = cfg.jioc in ("both", "ic")
         use_oc = cfg.jioc in ("both", "oc")
         logits = ctx.net(batch.x).float()

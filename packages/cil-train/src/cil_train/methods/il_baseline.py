@@ -13,14 +13,31 @@ import torch.nn.functional as F
 
 import cil_losses as L
 
-from .base import Batch, Recipe, register
+import attrs
+
+from ..options import number, option
+from .base import Batch, KDOptions, Method
+from .registry import register
+
+
+@attrs.frozen(kw_only=True)
+class BSCEOptions(KDOptions):
+    bsce_alpha: float = option("weight α of old classes in λ_c = α·n_c", number(0.0, 1.0, lo_open=True), 1.0)
+
+
+@attrs.frozen(kw_only=True)
+class RelaxedOptions(KDOptions):
+    relaxed_eps: float | None = option("λ of old classes (default 0.2 % of the mean class count)",
+                                       number(0.0, optional=True))
 
 
 @register
-class ILBaseline(Recipe):
+class ILBaseline(Method):
     name = "il-baseline"
     summary = "CE + T²·KD weighted by ρ = C_old/C (Wu et al. 2019; Jodelet et al. 2022)"
     memory = "optional"
+    position = 20
+    Options = KDOptions
 
     def classification_loss(self, ctx, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)
@@ -30,7 +47,7 @@ class ILBaseline(Recipe):
         l_c = self.classification_loss(ctx, logits, batch.y)
         if ctx.num_old == 0:
             return l_c, {"ce": l_c.detach()}
-        T = self.cfg.kd_temperature
+        T = self.options.kd_temperature
         l_d = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), T, t_squared=True)
         rho = ctx.num_old / ctx.num_seen
         return rho * l_d + (1.0 - rho) * l_c, {"ce": l_c.detach(), "kd": l_d.detach()}
@@ -40,9 +57,11 @@ class ILBaseline(Recipe):
 class BalancedSoftmax(ILBaseline):
     name = "bsce"
     summary = "IL-baseline with BalancedS-CE, λ_c = α·n_c for old classes (Jodelet et al. ICANN 2021)"
+    position = 30
+    Options = BSCEOptions
 
     def alpha(self, ctx) -> float | torch.Tensor:
-        return self.cfg.bsce_alpha
+        return self.options.bsce_alpha
 
     def classification_loss(self, ctx, logits, y):
         return L.balanced_softmax_cross_entropy(logits, y, ctx.class_counts, num_old=ctx.num_old, alpha=self.alpha(ctx))
@@ -53,10 +72,12 @@ class RelaxedBalancedSoftmax(ILBaseline):
     name = "bsce-relaxed"
     summary = "exemplar-free IL-baseline with Relaxed BalancedS-CE, λ_c = ε for old classes (Jodelet et al. CVIU 2022)"
     memory = "none"
+    position = 50
+    Options = RelaxedOptions
 
     def eps(self, ctx) -> float:
-        if self.cfg.relaxed_eps is not None:
-            return self.cfg.relaxed_eps
+        if self.options.relaxed_eps is not None:
+            return self.options.relaxed_eps
         return L.relaxed_eps_default(ctx.dataset_mean_count)
 
     def classification_loss(self, ctx, logits, y):

@@ -11,19 +11,30 @@ import torch.nn.functional as F
 
 import cil_losses as L
 
-from .base import Batch, Recipe, register
+import attrs
+
+from ..options import number, option
+from .base import Batch, KDOptions, Method
+from .registry import register
+
+
+@attrs.frozen(kw_only=True)
+class LwFOptions(KDOptions):
+    lwf_lambda: float = option("weight λ of the distillation term", number(0.0), 3.0)
 
 
 @register
-class LwF(Recipe):
+class LwF(Method):
     name = "lwf"
     summary = "exemplar-free: CE on the new classes + λ·KD on the old ones (Li & Hoiem 2016)"
     memory = "none"
+    position = 60
+    Options = LwFOptions
 
     def loss(self, ctx, batch: Batch):
         logits = ctx.net(batch.x).float()
         ce = F.cross_entropy(logits[:, ctx.num_old :], batch.y - ctx.num_old)
         if ctx.num_old == 0:
             return ce, {"ce": ce.detach()}
-        kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.cfg.kd_temperature)
-        return ce + self.cfg.lwf_lambda * kd, {"ce": ce.detach(), "kd": kd.detach()}
+        kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.options.kd_temperature)
+        return ce + self.options.lwf_lambda * kd, {"ce": ce.detach(), "kd": kd.detach()}

@@ -14,18 +14,37 @@ import torch.nn.functional as F
 
 import cil_losses as L
 
-from .base import Batch, Recipe, register
+import attrs
+
+from ..options import boolean, number, option
+from ..stages import RatioPreservingBatches
+from .base import Batch, KDOptions, Method
+from .registry import register
+
+
+@attrs.frozen(kw_only=True)
+class SSILOptions(KDOptions):
+    ssil_batch_new: int = option("new-data samples per batch (B_n)", number(1, integer=True), 128)
+    ssil_batch_memory: int = option("memory samples per batch (B_r)", number(1, integer=True), 32)
+    ssil_tkd: bool = option("task-wise KD (ICCV version); false = the earlier plain-KD variant", boolean, True)
 
 
 @register
-class SSIL(Recipe):
+class SSIL(Method):
     name = "ssil"
     summary = "separated softmax + ratio-preserving batches + task-wise KD, lr/(t+1) (Ahn et al. 2021)"
     memory = "required"
-    sampler = "ratio_preserving"
+    position = 100
+    Options = SSILOptions
 
     def phase_lr(self, t: int) -> float:
-        return self.cfg.lr / (t + 1)
+        return super().phase_lr(t) / (t + 1)
+
+    def stages(self, ctx):
+        if ctx.t == 0:
+            return [self.main_stage(ctx)]
+        o = self.options
+        return [self.main_stage(ctx, sampler=lambda c: RatioPreservingBatches(c, o.ssil_batch_new, o.ssil_batch_memory))]
 
     def loss(self, ctx, batch: Batch):
         logits = ctx.net(batch.x).float()
@@ -34,8 +53,8 @@ class SSIL(Recipe):
             return ce, {"ce": ce.detach()}
         ss = L.separated_softmax_cross_entropy(logits, batch.y, ctx.num_old, batch.is_memory)
         teacher = ctx.teacher_logits(batch.x).float()
-        T = self.cfg.kd_temperature
-        if self.cfg.ssil_tkd:
+        T = self.options.kd_temperature
+        if self.options.ssil_tkd:
             kd = L.task_wise_kd(logits[:, : ctx.num_old], teacher, ctx.old_boundaries, T, t_squared=True)
         else:
             kd = L.kd_loss(logits[:, : ctx.num_old], teacher, T, t_squared=True)

@@ -13,31 +13,45 @@ import torch.nn.functional as F
 import cil_losses as L
 from cil_models import clip_nonnegative_, weight_align
 
-from .base import Batch, Recipe, register
+import attrs
+
+from ..options import boolean, number, option
+from .base import Batch, KDOptions, Method
+from .registry import register
+
+
+@attrs.frozen(kw_only=True)
+class WAOptions(KDOptions):
+    wa_p: float = option("norm p of weight aligning", number(0.0, lo_open=True), 2.0)
+    wa_clamp: bool = option("clamp γ ≤ 1 (authors' code)", boolean, False)
+    wa_clip: bool = option("clip FC weights to ≥ 0 after every step (authors' code)", boolean, False)
+    wa_t_squared: bool = option("T² factor on the KD term", boolean, False)
 
 
 @register
-class WeightAligning(Recipe):
+class WeightAligning(Method):
     name = "wa"
     summary = "(1−λ)·CE + λ·KD, then scale new FC rows to the old rows' mean norm (Zhao et al. 2020)"
     memory = "optional"
+    position = 90
+    Options = WAOptions
 
     def loss(self, ctx, batch: Batch):
         logits = ctx.net(batch.x).float()
         ce = F.cross_entropy(logits, batch.y)
         if ctx.num_old == 0:
             return ce, {"ce": ce.detach()}
-        kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.cfg.kd_temperature,
-                       t_squared=self.cfg.wa_t_squared)
+        kd = L.kd_loss(logits[:, : ctx.num_old], ctx.teacher_logits(batch.x).float(), self.options.kd_temperature,
+                       t_squared=self.options.wa_t_squared)
         lam = ctx.num_old / ctx.num_seen
         return (1.0 - lam) * ce + lam * kd, {"ce": ce.detach(), "kd": kd.detach()}
 
     def after_step(self, ctx) -> None:
-        if self.cfg.wa_clip:
+        if self.options.wa_clip:
             clip_nonnegative_(ctx.model.head)
 
     def end_phase(self, ctx) -> dict[str, float]:
         if ctx.num_old == 0:
             return {}
-        gamma = weight_align(ctx.model.head, ctx.num_old, p=self.cfg.wa_p, clamp=self.cfg.wa_clamp)
+        gamma = weight_align(ctx.model.head, ctx.num_old, p=self.options.wa_p, clamp=self.options.wa_clamp)
         return {"wa_gamma": float(gamma)}

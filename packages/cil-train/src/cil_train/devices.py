@@ -1,0 +1,51 @@
+"""The device and the autocast dtype of a run (``--device``, ``--amp``)."""
+
+from __future__ import annotations
+
+import torch
+
+from .distributed import DistInfo
+from .errors import ConfigError
+
+__all__ = ["resolve_amp", "resolve_device"]
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu.")
+        if info.enabled and name == "cuda":
+            name = f"cuda:{info.local_rank}"
+    elif name != "cpu":
+        raise ConfigError(f"--device {name!r} is not allowed: use auto, cpu, cuda or cuda:N.")
+    return torch.device(name)
+
+
+def _cpu_has_fast_bf16() -> bool:
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None:
+            try:
+                if fn():
+                    return True
+            except Exception:  # pragma: no cover - probe failure means "no"
+                pass
+    return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for float32. ``auto`` = bf16 on GPUs that support it and on CPUs with
+    AMX / AVX-512-bf16 (where it is ~1.7× faster), float32 elsewhere."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or --amp off.")
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_fast_bf16() else None

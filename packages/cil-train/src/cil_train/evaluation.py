@@ -1,0 +1,105 @@
+"""Evaluation of a phase (CNN and nearest-mean-of-exemplars accuracy) and the run's summary metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+
+from cil_data import ExemplarMemory, IncrementalScenario
+from cil_models import IncrementalNet, NMEClassifier
+
+from . import metrics as M
+
+__all__ = ["Extractor", "evaluate_phase", "run_summary"]
+
+
+class Extractor:
+    """Features or logits of uint8 images in eval mode, in batches of ``batch_size`` (no graph)."""
+
+    def __init__(self, device: torch.device, batch_size: int, to_input: Callable[[torch.Tensor], torch.Tensor],
+                 autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
+        self.device, self.batch_size, self.to_input, self.autocast = device, batch_size, to_input, autocast
+
+    @torch.no_grad()
+    def __call__(self, model: IncrementalNet, images: torch.Tensor, what: str = "logits") -> torch.Tensor:
+        model.eval()
+        outs = []
+        for chunk in images.split(self.batch_size):
+            x = self.to_input(chunk.to(self.device, non_blocking=True))
+            with self.autocast():
+                out = model.features(x) if what == "features" else model(x)
+            outs.append(out.float())
+        return torch.cat(outs) if outs else torch.zeros(0, device=self.device)
+
+
+def prediction_metrics(pred: torch.Tensor, y: torch.Tensor, boundaries: list[int], num_old: int,
+                       train_counts: torch.Tensor) -> dict[str, Any]:
+    """Accuracy, per-task accuracies, old/new accuracy, imbalance score and many/medium/few-shot accuracy."""
+    old, new = M.old_new_accuracy(pred, y, num_old)
+    return {
+        "acc": M.accuracy(pred, y),
+        "task_acc": M.task_accuracies(pred, y, boundaries),
+        "old_acc": old,
+        "new_acc": new,
+        "imbalance_score": M.imbalance_score(pred, y, num_old),
+        "many_medium_few": M.shot_accuracy(pred, y, train_counts),
+    }
+
+
+def evaluate_phase(model: IncrementalNet, scenario: IncrementalScenario, t: int, extract: Extractor,
+                   kinds: tuple[str, ...], memory: ExemplarMemory | None) -> tuple[dict[str, Any], torch.Tensor,
+                                                                                   torch.Tensor]:
+    """Phase ``t``'s record on the test images of every seen class, with the CNN's predictions and targets.
+
+    ``kinds`` holds ``"nme"`` when the nearest-mean-of-exemplars classifier is reported too (``rec["nme"]``:
+    None without exemplars)."""
+    phase = scenario.phase(t)
+    x, y = scenario.test_data(phase)
+    y = y.to(extract.device)
+    bounds = list(scenario.boundaries[: t + 2])
+    pred = extract(model, x, "logits").argmax(1)
+    rec = prediction_metrics(pred, y, bounds, phase.num_old, scenario.train_counts)
+    if "nme" in kinds:
+        if memory is None or len(memory) == 0:
+            rec["nme"] = None
+        else:
+            nme = NMEClassifier()
+            nme.fit(extract(model, memory.images, "features"), memory.labels.to(extract.device), phase.num_seen)
+            nme_pred = nme.predict(extract(model, x, "features"))
+            rec["nme"] = prediction_metrics(nme_pred, y, bounds, phase.num_old, scenario.train_counts)
+    return rec, pred.cpu(), y.cpu()
+
+
+def run_summary(records: list[dict[str, Any]], *, method: str, data_name: str, scenario: IncrementalScenario,
+                class_names: list[str]) -> dict[str, Any]:
+    """The summary of ``metrics.json`` (METHODS.md §6) from the per-phase records."""
+    T = scenario.num_phases
+    acc = [r["acc"] for r in records]
+    matrix = [r["task_acc"] + [None] * (T - len(r["task_acc"])) for r in records]
+    out: dict[str, Any] = {
+        "complete": True,
+        "method": method,
+        "data": data_name,
+        "num_phases": T,
+        "increments": list(scenario.increments),
+        "class_order": [int(c) for c in scenario.class_order],
+        "class_names": [class_names[c] for c in scenario.class_order],
+        "train_counts": [int(c) for c in scenario.train_counts],
+        "acc_per_phase": acc,
+        "avg_inc_acc": M.average_incremental_accuracy(acc),
+        "last_acc": acc[-1],
+        "acc_matrix": matrix,
+        "forgetting": M.forgetting(matrix),
+        "old_acc": [r["old_acc"] for r in records],
+        "new_acc": [r["new_acc"] for r in records],
+        "imbalance_score": [r["imbalance_score"] for r in records],
+        "many_medium_few": [r["many_medium_few"] for r in records],
+    }
+    if any(r.get("nme") for r in records):
+        nme_acc = [r["nme"]["acc"] if r.get("nme") else None for r in records]
+        known = [a for a in nme_acc if a is not None]
+        out["nme"] = {"acc_per_phase": nme_acc, "avg_inc_acc": sum(known) / len(known) if known else None,
+                      "last_acc": nme_acc[-1]}
+    return out

@@ -1,0 +1,195 @@
+"""Training stages and the samplers that feed them.
+
+A phase is a list of :class:`Stage` objects run in order (a method's ``stages(ctx)`` hook): the main
+stage, and where a method has them class-balanced finetuning, bias correction on a held-out split,
+compression, ... Each stage has its own budget (epochs), batch size, sampler, learning rate and
+schedule, trainable parameters and loss. A sampler yields, per epoch, the positions (into the phase
+data) of each batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+
+import torch
+
+import cil_data
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import RunConfig
+    from .context import PhaseContext
+
+__all__ = ["ClassBalancedBatches", "RatioPreservingBatches", "Sampler", "ShuffleBatches", "Stage", "make_optimizer"]
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+class Sampler(Protocol):
+    """Batches of one epoch as positions into the phase data; ``len()`` = steps per epoch."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[torch.Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any] | None: ...
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None: ...
+
+
+class ShuffleBatches:
+    """Uniform batches over ``positions``: a fresh permutation each epoch, the last batch may be smaller."""
+
+    def __init__(self, positions: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+        self.positions, self.batch_size, self.generator = positions, batch_size, generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.positions) / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = self.positions[torch.randperm(len(self.positions), generator=self.generator)]
+        yield from order.split(self.batch_size)
+
+    def state_dict(self) -> None:  # its only state is the phase generator, checkpointed by the loop
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        pass
+
+
+class RatioPreservingBatches:
+    """SS-IL's batches: ``batch_new`` new samples + ``batch_memory`` cycled exemplars per step
+    (:class:`cil_data.RatioPreservingSampler`); an epoch is one pass over the new data."""
+
+    def __init__(self, ctx: "PhaseContext", batch_new: int, batch_memory: int) -> None:
+        data = ctx.data
+        is_mem = data.is_memory.cpu()[data.train]
+        self.new_pos, self.mem_pos = data.train[~is_mem], data.train[is_mem]
+        if len(self.mem_pos) == 0:
+            raise ConfigError(f"--method {ctx.run.method} needs memory samples in phase {ctx.t + 1}, but the memory "
+                              "is empty.")
+        self.sampler = cil_data.RatioPreservingSampler(len(self.new_pos), len(self.mem_pos), batch_new=batch_new,
+                                                       batch_memory=batch_memory, generator=ctx.generator)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for new_idx, mem_idx in self.sampler:
+            yield torch.cat([self.new_pos[new_idx], self.mem_pos[mem_idx]])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.sampler.load_state_dict(state)
+
+
+class ClassBalancedBatches:
+    """Class-balanced batches (balanced finetuning, bias correction): ``len(positions)`` draws per epoch
+    with replacement, every class of ``labels`` equally likely (:func:`cil_data.class_balanced_indices`)."""
+
+    def __init__(self, positions: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 generator: torch.Generator) -> None:
+        self.positions, self.labels = positions, labels.cpu()
+        self.batch_size, self.generator = batch_size, generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.positions) / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        pick = cil_data.class_balanced_indices(self.labels, len(self.positions), self.generator)
+        yield from self.positions[pick].split(self.batch_size)
+
+    def state_dict(self) -> None:
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a phase.
+
+    Attributes:
+        name: shown in the progress output and recorded with the figures ("main" for the main stage).
+        epochs: passes of the sampler.
+        lr: initial learning rate (SGD); ``schedule`` ``cosine``, ``step`` (``lr_steps``, ``lr_decay``) or
+            ``constant`` over the stage's epochs.
+        batch_size: the default sampler's batch size.
+        sampler: ``sampler(ctx) -> Sampler``; None: uniform batches over the training positions.
+        parameters: ``parameters(model) -> iterable of parameters`` to train; None: all that require grad.
+        loss: ``loss(ctx, batch) -> (loss, figures)``; None: the method's ``loss``.
+    """
+
+    name: str
+    epochs: int
+    lr: float
+    batch_size: int
+    schedule: str = "cosine"
+    lr_steps: tuple[int, ...] = ()
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    sampler: Callable[["PhaseContext"], Sampler] | None = None
+    parameters: Callable[[torch.nn.Module], Any] | None = None
+    loss: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0 or self.schedule not in SCHEDULES:
+            raise ConfigError(f"stage {self.name!r}: epochs ≥ 0, batch size ≥ 1, lr > 0 and a schedule of "
+                              f"{', '.join(SCHEDULES)} are needed, got {self.epochs}, {self.batch_size}, {self.lr}, "
+                              f"{self.schedule!r}")
+
+    @classmethod
+    def from_run(cls, run: "RunConfig", *, t: int, lr: float, **changes: Any) -> "Stage":
+        """The main stage of phase ``t`` from the shared options; the base phase takes ``--base-epochs``
+        (the ``--lr-steps`` scaled to it)."""
+        epochs = run.base_epochs if (t == 0 and run.base_epochs) else run.epochs
+        steps = tuple(run.lr_steps or ())
+        if epochs != run.epochs and steps:
+            steps = scale_lr_steps(steps, run.epochs, epochs)
+        stage = cls(name="main", epochs=epochs, lr=lr, batch_size=run.batch_size, schedule=run.lr_schedule,
+                    lr_steps=steps, lr_decay=run.lr_decay, momentum=run.momentum, weight_decay=run.weight_decay)
+        return replace(stage, **changes) if changes else stage
+
+    def make_sampler(self, ctx: "PhaseContext") -> Sampler:
+        if self.sampler is not None:
+            return self.sampler(ctx)
+        return ShuffleBatches(ctx.data.train, self.batch_size, ctx.generator)
+
+    def trainable(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        params = model.parameters() if self.parameters is None else self.parameters(model)
+        return [p for p in params if p.requires_grad]
+
+    def lr_factor(self, epoch: int) -> float:
+        """The schedule's factor of the initial rate at ``epoch``."""
+        if self.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        if self.schedule == "step":
+            return self.lr_decay ** sum(epoch >= s for s in sorted(self.lr_steps))
+        return 1.0
+
+
+def make_optimizer(stage: Stage, params: list[torch.nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD with the stage's rate, momentum and weight decay, and its per-epoch schedule."""
+    opt = torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, stage.lr_factor)
+
+
+def scale_lr_steps(steps: tuple[int, ...] | list[int], epochs: int, new_epochs: int) -> tuple[int, ...]:
+    """A step schedule stretched to another number of epochs (same fractions of the run):
+    ``--preset cifar100-lt-lfs10 --epochs 16`` divides the rate at epochs 8 and 12 instead of 80 and 120."""
+    out: list[int] = []
+    for s in steps:
+        e = max(1, round(s * new_epochs / epochs))
+        if out and e <= out[-1]:
+            e = out[-1] + 1
+        if e < new_epochs:
+            out.append(e)
+    return tuple(out)
