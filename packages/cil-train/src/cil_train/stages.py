@@ -90,13 +90,14 @@ class RatioPreservingBatches:
 
 
 class ClassBalancedBatches:
-    """Class-balanced batches (balanced finetuning, bias correction): ``len(positions)`` draws per epoch
-    with replacement, every class of ``labels`` equally likely (:func:`cil_data.class_balanced_indices`)."""
+    """Class-balanced batches (balanced finetuning, bias correction): as many draws per epoch as there are
+    ``positions`` (default: the training positions of the phase), with replacement, every class present
+    equally likely (:func:`cil_data.class_balanced_indices`)."""
 
-    def __init__(self, positions: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 generator: torch.Generator) -> None:
-        self.positions, self.labels = positions, labels.cpu()
-        self.batch_size, self.generator = batch_size, generator
+    def __init__(self, ctx: "PhaseContext", batch_size: int, positions: torch.Tensor | None = None) -> None:
+        self.positions = ctx.data.train if positions is None else positions
+        self.labels = ctx.data.y[self.positions.to(ctx.data.y.device)].cpu()
+        self.batch_size, self.generator = batch_size, ctx.generator
 
     def __len__(self) -> int:
         return math.ceil(len(self.positions) / self.batch_size)
@@ -147,14 +148,14 @@ class Stage:
                               f"{self.schedule!r}")
 
     @classmethod
-    def from_run(cls, run: "RunConfig", *, t: int, lr: float, **changes: Any) -> "Stage":
+    def from_run(cls, run: "RunConfig", *, t: int, **changes: Any) -> "Stage":
         """The main stage of phase ``t`` from the shared options; the base phase takes ``--base-epochs``
         (the ``--lr-steps`` scaled to it)."""
         epochs = run.base_epochs if (t == 0 and run.base_epochs) else run.epochs
         steps = tuple(run.lr_steps or ())
         if epochs != run.epochs and steps:
             steps = scale_lr_steps(steps, run.epochs, epochs)
-        stage = cls(name="main", epochs=epochs, lr=lr, batch_size=run.batch_size, schedule=run.lr_schedule,
+        stage = cls(name="main", epochs=epochs, lr=run.lr, batch_size=run.batch_size, schedule=run.lr_schedule,
                     lr_steps=steps, lr_decay=run.lr_decay, momentum=run.momentum, weight_decay=run.weight_decay)
         return replace(stage, **changes) if changes else stage
 

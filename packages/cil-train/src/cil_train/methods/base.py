@@ -146,7 +146,8 @@ class Method:
         """The main stage from the shared options (epochs, --base-epochs, lr, schedule, batch size)."""
         from ..stages import Stage
 
-        return Stage.from_run(self.run, t=ctx.t, lr=self.phase_lr(ctx.t), **changes)
+        changes.setdefault("lr", self.phase_lr(ctx.t))
+        return Stage.from_run(self.run, t=ctx.t, **changes)
 
     def loss(self, ctx: "PhaseContext", batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
         """The main stage's loss of one batch (a scalar with a graph) and figures to log."""
