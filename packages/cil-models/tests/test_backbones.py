@@ -191,3 +191,80 @@ def test_registry_errors_and_names():
         build_backbone("resnet18", 0)
     with pytest.raises(TypeError, match="unexpected keyword"):
         build_backbone("resnet8", widths=3)
+
+
+# ---- stage outputs and the ReLU options (PODNet, LUCIR) -------------------------------------
+
+STAGE_CASES = [("resnet8", 32, 3), ("resnet20", 28, 3), ("resnet18-cifar", 32, 4), ("resnet18", 64, 4)]
+
+
+@pytest.mark.parametrize(("name", "size", "stages"), STAGE_CASES)
+@pytest.mark.parametrize("options", [{}, {"last_relu": False}])
+def test_stage_features_are_the_feature_maps_and_the_pooled_features(name, size, stages, options):
+    torch.manual_seed(0)
+    net = build_backbone(name, **options).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        maps, pooled = net.stage_features(x)
+        assert len(maps) == stages
+        for ours, theirs in zip(maps, net.feature_maps(x)):
+            assert torch.equal(ours, theirs)
+        assert torch.equal(pooled, net.features(x)) and torch.equal(pooled, maps[-1].mean(dim=(2, 3)))
+
+
+def _cifar_block_reference(block, x, relu_out):
+    """One CIFAR basic block written out: conv-bn-relu-conv-bn, plus the shortcut, optional ReLU."""
+    h = F.relu(block.bn1(block.conv1(x)))
+    h = block.bn2(block.conv2(h)) + block.shortcut(x)
+    return F.relu(h) if relu_out else h
+
+
+@pytest.mark.parametrize(("options", "relu_pattern"), [({"last_relu": False}, "last"), ({"block_relu": False}, "none")])
+def test_cifar_relu_options_match_a_blockwise_reference(options, relu_pattern, count_params):
+    torch.manual_seed(0)
+    default = build_backbone("resnet20", 3).double().eval()
+    torch.manual_seed(0)
+    net = build_backbone("resnet20", 3, **options).double().eval()
+    assert count_params(net) == count_params(default)
+    for a, b in zip(net.state_dict().values(), default.state_dict().values()):
+        assert torch.equal(a, b)  # the options change no weight and no random draw
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        h = F.relu(net.bn1(net.conv1(x)))
+        expected_maps = []
+        blocks = [b for stage in (net.stage1, net.stage2, net.stage3) for b in stage]
+        for i, block in enumerate(blocks):
+            relu_out = relu_pattern == "last" and i < len(blocks) - 1
+            h = _cifar_block_reference(block, h, relu_out)
+            if block is net.stage1[-1] or block is net.stage2[-1] or block is net.stage3[-1]:
+                expected_maps.append(h)
+        maps, pooled = net.stage_features(x)
+        for ours, theirs in zip(maps, expected_maps):
+            torch.testing.assert_close(ours, theirs)
+        torch.testing.assert_close(pooled, expected_maps[-1].mean(dim=(2, 3)))
+        assert (pooled < 0).any()  # no final ReLU: negative features
+        if relu_pattern == "last":
+            assert (maps[1] >= 0).all()
+            torch.testing.assert_close(F.relu(maps[-1]), default.feature_maps(x)[-1])
+        else:
+            assert (maps[0] < 0).any() and (maps[1] < 0).any()
+    assert "last_relu=False" in repr(net) or "block_relu=False" in repr(net)
+
+
+def test_resnet18_without_last_relu_matches_torchvision_blocks():
+    torch.manual_seed(0)
+    net = build_backbone("resnet18-cifar", last_relu=False).double().eval()
+    torch.manual_seed(0)
+    default = build_backbone("resnet18-cifar").double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        h = default.maxpool(default.relu(default.bn1(default.conv1(x))))
+        h = default.layer3(default.layer2(default.layer1(h)))
+        h = default.layer4[0](h)
+        last = default.layer4[1]
+        expected = last.bn2(last.conv2(F.relu(last.bn1(last.conv1(h))))) + h  # no downsample in block 2
+        features = net.features(x)
+        torch.testing.assert_close(features, expected.mean(dim=(2, 3)))
+        assert (features < 0).any()
+        torch.testing.assert_close(F.relu(net.feature_maps(x)[-1]), default.feature_maps(x)[-1])
+    assert "last_relu=False" in repr(net)

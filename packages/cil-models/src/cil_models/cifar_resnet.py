@@ -21,6 +21,20 @@ Weights are initialised as in PyCIL / He et al.: convolutions from
 ``N(0, 2 / (k·k·out_channels))`` (Kaiming normal, fan-out), batch-norm scale 1 and shift 0.
 The final pooling is a mean over all spatial positions, so any input size works (28×28
 Fashion-MNIST gives 7×7 maps in the last stage, 32×32 CIFAR gives 8×8).
+
+ReLUs after the residual additions (``last_relu=``, ``block_relu=``):
+
+* ``last_relu=False``: no ReLU after the residual addition of the *last block of the last
+  stage*, so the pooled features can be negative. This is LUCIR's modified ResNet-32 (Hou et
+  al., CVPR 2019; official ``modified_resnet_cifar.py``: ``last=True`` on that block only).
+* ``block_relu=False``: no ReLU after *any* residual addition (PODNet's CIFAR ResNet-32,
+  Douillard et al., ECCV 2020; official ``inclearn/convnet/my_resnet.py``: ``last_relu=False``
+  on every block and ``Stage(block_relu=False)``); implies ``last_relu=False``. PODNet's extra
+  ``stage_4`` block is not built here (LT-CIL's PODNet taps the 3 stages, as here).
+
+:meth:`CifarResNet.stage_features` returns the three stage outputs and the pooled features from
+one pass (PODNet's POD-spatial and POD-flat inputs); :meth:`CifarResNet.features` stays the
+plain fast path.
 """
 
 from __future__ import annotations
@@ -65,10 +79,17 @@ class ProjectionShortcut(nn.Sequential):
 
 
 class BasicBlock(nn.Module):
-    """``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))`` (He et al. 2016, Fig. 2)."""
+    """``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))`` (He et al. 2016, Fig. 2).
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "A") -> None:
+    With ``relu_out=False`` the final ReLU (after the addition) is left out (LUCIR's last block,
+    PODNet's blocks).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "A", relu_out: bool = True
+    ) -> None:
         super().__init__()
+        self.relu_out = bool(relu_out)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
@@ -84,6 +105,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
+        if not self.relu_out:
+            return out + self.shortcut(x)
         return F.relu(out + self.shortcut(x), inplace=True)
 
 
@@ -95,10 +118,19 @@ class CifarResNet(nn.Module):
         in_channels: channels of the input images (1 for Fashion-MNIST, 3 for CIFAR).
         shortcut: ``"A"`` (zero-padded identity, default, as PyCIL/iCaRL) or ``"B"`` (1×1 conv + BN).
         zero_init_residual: start every block's last batch-norm scale at 0 (off by default).
+        last_relu: keep the ReLU after the last block's residual addition (``False``: LUCIR).
+        block_relu: keep the ReLU after every residual addition (``False``: PODNet; implies
+            ``last_relu=False``).
     """
 
     def __init__(
-        self, depth: int = 32, in_channels: int = 3, shortcut: str = "A", zero_init_residual: bool = False
+        self,
+        depth: int = 32,
+        in_channels: int = 3,
+        shortcut: str = "A",
+        zero_init_residual: bool = False,
+        last_relu: bool = True,
+        block_relu: bool = True,
     ) -> None:
         super().__init__()
         positive_int("depth", depth)
@@ -110,17 +142,20 @@ class CifarResNet(nn.Module):
         self.depth = depth
         self.in_channels = in_channels
         self.shortcut_type = shortcut
+        self.block_relu = bool(block_relu)
+        self.last_relu = bool(last_relu) and self.block_relu
         self.conv1 = nn.Conv2d(in_channels, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
         stages = []
         width_in = STAGE_WIDTHS[0]
         for index, width in enumerate(STAGE_WIDTHS):
             stride = 1 if index == 0 else 2
-            blocks = [BasicBlock(width_in, width, stride, shortcut)]
-            blocks += [BasicBlock(width, width, 1, shortcut) for _ in range(blocks_per_stage - 1)]
+            blocks = [BasicBlock(width_in, width, stride, shortcut, self.block_relu)]
+            blocks += [BasicBlock(width, width, 1, shortcut, self.block_relu) for _ in range(blocks_per_stage - 1)]
             stages.append(nn.Sequential(*blocks))
             width_in = width
         self.stage1, self.stage2, self.stage3 = stages
+        stages[-1][-1].relu_out = self.last_relu
         self.feature_dim = STAGE_WIDTHS[-1]
         _init_resnet_weights(self, zero_init_residual)
 
@@ -132,6 +167,12 @@ class CifarResNet(nn.Module):
         x3 = self.stage3(x2)
         return [x1, x2, x3]
 
+    def stage_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """``(maps, pooled)``: the three stage outputs (as :meth:`feature_maps`) and the pooled
+        features ``[B, feature_dim]`` of the same pass (PODNet's POD-spatial / POD-flat inputs)."""
+        maps = self.feature_maps(x)
+        return maps, maps[-1].mean(dim=(2, 3))
+
     def features(self, x: Tensor) -> Tensor:
         """Global-average-pooled features ``[B, feature_dim]`` of images ``x`` ``[B, C, H, W]``."""
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -142,7 +183,10 @@ class CifarResNet(nn.Module):
         return self.features(x)
 
     def extra_repr(self) -> str:
-        return f"depth={self.depth}, in_channels={self.in_channels}, shortcut={self.shortcut_type!r}"
+        text = f"depth={self.depth}, in_channels={self.in_channels}, shortcut={self.shortcut_type!r}"
+        if not self.block_relu:
+            return text + ", block_relu=False"
+        return text + ("" if self.last_relu else ", last_relu=False")
 
 
 def _init_resnet_weights(module: nn.Module, zero_init_residual: bool) -> None:

@@ -1,7 +1,8 @@
 """Backbones by name: :func:`build_backbone` and the list :data:`BACKBONES`.
 
 Every backbone maps images ``[B, C, H, W]`` to pooled features ``[B, feature_dim]`` through
-``forward(x)`` (also available as ``features(x)``) and has the attribute ``feature_dim``.
+``forward(x)`` (also available as ``features(x)``) and has the attribute ``feature_dim``;
+``feature_maps(x)`` gives the stage outputs and ``stage_features(x)`` both from one pass.
 
 ========================  ====================================================  ============
 name                      architecture                                           feature_dim
@@ -42,8 +43,9 @@ BACKBONES: list[str] = list(_BUILDERS)
 def build_backbone(name: str, in_channels: int = 3, **kw: object) -> nn.Module:
     """Build the backbone called ``name`` for images with ``in_channels`` channels.
 
-    Keyword options go to the builder: ``shortcut="A"|"B"`` and ``zero_init_residual`` for the
-    CIFAR ResNets, ``zero_init_residual`` for the ResNet-18s. Unknown names raise
+    Keyword options go to the builder: ``shortcut="A"|"B"``, ``zero_init_residual``,
+    ``last_relu`` (``False``: LUCIR) and ``block_relu`` (``False``: PODNet) for the CIFAR
+    ResNets; ``zero_init_residual`` and ``last_relu`` for the ResNet-18s. Unknown names raise
     :class:`~cil_models.errors.ModelConfigError` listing the known ones. No weights are downloaded.
     """
     if not isinstance(name, str):

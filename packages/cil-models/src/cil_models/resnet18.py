@@ -10,12 +10,21 @@
 Weights are never downloaded (``weights=None``): torchvision's initialisation is used
 (Kaiming-normal fan-out convolutions, batch norms at 1/0). With ``in_channels != 3`` the stem
 convolution is replaced by one with that many input channels, initialised the same way.
+
+``last_relu=False`` leaves out the ReLU after the residual addition of the last block of
+``layer4``, so the pooled features can be negative: LUCIR's ImageNet ResNet-18 (Hou et al.,
+CVPR 2019; official ``modified_resnet.py``: ``last=True`` on that block). PODNet's ImageNet
+network (Douillard et al., ECCV 2020) also taps its four stage outputs before their ReLU and has
+a 3×3 stride-1 stem followed by a max pool; neither is built here (the stage outputs of
+:meth:`ResNet18Features.stage_features` are after the ReLU, except the last one with
+``last_relu=False``).
 """
 
 from __future__ import annotations
 
 import torchvision
 from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
 
 from ._checks import positive_int
 
@@ -28,9 +37,12 @@ class ResNet18Features(nn.Module):
         cifar_stem: replace the 7×7/stride-2 stem and the max pool by a 3×3/stride-1 stem and no
             pooling (the variant for 32×32 inputs).
         zero_init_residual: torchvision's option to start each block's last batch-norm scale at 0.
+        last_relu: keep the ReLU after the last block's residual addition (``False``: LUCIR).
     """
 
-    def __init__(self, in_channels: int = 3, cifar_stem: bool = False, zero_init_residual: bool = False) -> None:
+    def __init__(
+        self, in_channels: int = 3, cifar_stem: bool = False, zero_init_residual: bool = False, last_relu: bool = True
+    ) -> None:
         super().__init__()
         positive_int("in_channels", in_channels)
         net = torchvision.models.resnet18(weights=None, zero_init_residual=zero_init_residual)
@@ -52,27 +64,52 @@ class ResNet18Features(nn.Module):
         self.relu = net.relu
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.feature_dim = net.fc.in_features
+        self.last_relu = bool(last_relu)
+
+    def _layer4(self, x: Tensor) -> Tensor:
+        if self.last_relu:
+            return self.layer4(x)
+        for block in self.layer4[:-1]:
+            x = block(x)
+        return _block_without_final_relu(self.layer4[-1], x)
 
     def feature_maps(self, x: Tensor) -> list[Tensor]:
         """The outputs of the four stages (64, 128, 256 and 512 channels)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         maps = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        for layer in (self.layer1, self.layer2, self.layer3):
             x = layer(x)
             maps.append(x)
+        maps.append(self._layer4(x))
         return maps
+
+    def stage_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """``(maps, pooled)``: the four stage outputs (as :meth:`feature_maps`) and the pooled
+        features ``[B, 512]`` of the same pass (PODNet's POD-spatial / POD-flat inputs)."""
+        maps = self.feature_maps(x)
+        return maps, maps[-1].mean(dim=(2, 3))
 
     def features(self, x: Tensor) -> Tensor:
         """Global-average-pooled features ``[B, 512]`` of images ``x`` ``[B, C, H, W]``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer4(x) if self.last_relu else self._layer4(x)
         return x.mean(dim=(2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, cifar_stem={self.cifar_stem}"
+        text = f"in_channels={self.in_channels}, cifar_stem={self.cifar_stem}"
+        return text + ("" if self.last_relu else ", last_relu=False")
+
+
+def _block_without_final_relu(block: TorchvisionBasicBlock, x: Tensor) -> Tensor:
+    """Torchvision's ``BasicBlock.forward`` without the ReLU after the residual addition."""
+    out = block.relu(block.bn1(block.conv1(x)))
+    out = block.bn2(block.conv2(out))
+    identity = x if block.downsample is None else block.downsample(x)
+    return out + identity
 
 
 def resnet18(in_channels: int = 3, **kw: object) -> ResNet18Features:
