@@ -60,8 +60,9 @@ def output_coordination_loop(student, teacher, boundaries, T=2.0):
 
 
 # --------------------------------------------------------------------------- balanced softmax
-def balanced_softmax_ce(z, y, counts, num_old=0, alpha=1.0, eps=None, floor=1e-12):
-    """-log( λ_y e^{z_y} / Σ_j λ_j e^{z_j} ), λ_c = ε or α·n_c (old), n_c (new); written per sample and class."""
+def balanced_softmax_ce(z, y, counts, num_old=0, alpha=1.0, eps=None, floor=0.0):
+    """-log( λ_y e^{z_y} / Σ_j λ_j e^{z_j} ), λ_c = ε or α·n_c (old), n_c (new); written per sample and class.
+    A class with λ = 0 adds 0 to the sum (``floor`` > 0: λ floored there, the pre-1.0 behaviour)."""
     losses = []
     for i in range(z.shape[0]):
         shift = z[i].max().detach()

@@ -26,6 +26,8 @@ def _targets(gen, batch, classes):
 def test_values_and_gradients_match_per_sample_formula(num_old, alpha, eps, gen, rand, ref, grad_of, close):
     z = rand(gen, 6, len(COUNTS), grad=True)
     y = _targets(gen, 6, len(COUNTS))
+    if eps == 0.0:                       # the old classes have λ = 0: no sample can be of them (its loss is +inf)
+        y = num_old + _targets(gen, 6, len(COUNTS) - num_old)
     got = L.balanced_softmax_cross_entropy(z, y, COUNTS, num_old=num_old, alpha=alpha, eps=eps)
     want = ref.balanced_softmax_ce(z, y, COUNTS, num_old, alpha, eps)
     close(got, want)
@@ -34,29 +36,36 @@ def test_values_and_gradients_match_per_sample_formula(num_old, alpha, eps, gen,
 
 def test_offsets_are_log_lambda():
     off = L.balanced_softmax_offsets(COUNTS, num_old=2, alpha=0.5)
-    expected = torch.tensor([math.log(10.0), math.log(10.0)] + [math.log(c) for c in COUNTS[2:]])
-    torch.testing.assert_close(off, expected.float())
+    expected = torch.tensor([math.log(10.0), math.log(10.0)] + [math.log(c) for c in COUNTS[2:]], dtype=torch.float64)
+    torch.testing.assert_close(off, expected, atol=0, rtol=1e-15)       # float64 by default (1.0)
     relaxed = L.balanced_softmax_offsets(COUNTS, num_old=3, eps=1.5)
-    torch.testing.assert_close(relaxed[:3], torch.full((3,), math.log(1.5)))
-    torch.testing.assert_close(relaxed[3:], torch.tensor([math.log(c) for c in COUNTS[3:]]))
-    assert off.dtype == torch.float32
-    assert L.balanced_softmax_offsets(torch.tensor(COUNTS, dtype=torch.float64)).dtype == torch.float64
+    torch.testing.assert_close(relaxed[:3], torch.full((3,), math.log(1.5), dtype=torch.float64))
+    torch.testing.assert_close(relaxed[3:], torch.tensor([math.log(c) for c in COUNTS[3:]], dtype=torch.float64))
+    assert off.dtype == torch.float64
+    assert L.balanced_softmax_offsets(COUNTS, dtype=torch.float32).dtype == torch.float32
+    assert L.balanced_softmax_offsets(torch.tensor(COUNTS)).dtype == torch.float64
 
 
 def test_zero_count_gets_no_mass_and_no_nan(gen, rand):
     counts = [10.0, 0.0, 5.0, 5.0]
     off = L.balanced_softmax_offsets(counts)
-    assert torch.isfinite(off).all() and off[1] == pytest.approx(math.log(L.DEFAULT_MIN_LAMBDA))
+    assert off[1] == -math.inf and torch.isfinite(off[[0, 2, 3]]).all()
     z = rand(gen, 5, 4, grad=True)
     y = torch.tensor([0, 2, 3, 0, 2])
     loss = L.balanced_softmax_cross_entropy(z, y, counts)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
-    q = torch.softmax(z.detach() + off.double(), dim=1)
-    assert float(q[:, 1].max()) < 1e-9          # the class without samples gets ~no probability mass
-    assert z.grad[:, 1].abs().max() < 1e-9
-    # a (wrong) target in the empty class still gives a finite loss
-    assert torch.isfinite(L.balanced_softmax_cross_entropy(z, torch.tensor([1, 1, 1, 1, 1]), counts))
+    q = torch.softmax(z.detach() + off, dim=1)
+    assert float(q[:, 1].max()) == 0.0          # the class without samples gets no probability mass
+    assert float(z.grad[:, 1].abs().max()) == 0.0
+    # a (wrong) target in the empty class: -log 0 = +inf, with the finite gradient softmax(z + o) - e_y
+    z.grad = None
+    wrong = L.balanced_softmax_cross_entropy(z, torch.tensor([1, 1, 1, 1, 1]), counts)
+    wrong.backward()
+    assert wrong.item() == math.inf and torch.isfinite(z.grad).all()
+    # the pre-1.0 floor is still available
+    floored = L.balanced_softmax_offsets(counts, min_lambda=1e-12)
+    assert floored[1] == pytest.approx(math.log(1e-12))
 
 
 def test_relaxed_eps_zero_equals_balanced_without_memory(gen, rand, close):
@@ -143,7 +152,7 @@ def test_logit_adjusted_cross_entropy(gen, rand, grad_of, close):
           -torch.log_softmax(z + per_sample, dim=1)[torch.arange(5), y])
     with pytest.raises(LossArgumentError, match="offsets must have shape"):
         L.logit_adjusted_cross_entropy(z, y, torch.zeros(3))
-    with pytest.raises(LossTypeError, match="targets"):
+    with pytest.raises(LossTypeError, match="target"):
         L.logit_adjusted_cross_entropy(z, y.double(), per_class)
 
 
@@ -164,8 +173,9 @@ def test_offsets_memo_fast_path_never_serves_another_configuration(gen, rand, cl
     close(L.balanced_softmax_cross_entropy(z, y, b, num_old=2, eps=3.0), expected([3.0, 3.0, 4.0]))
     close(L.balanced_softmax_cross_entropy(z, y, b, num_old=2, eps=2.0), expected([2.0, 2.0, 4.0]))
     zero = torch.tensor([0.0, 2.0, 4.0])
-    close(L.balanced_softmax_cross_entropy(z, y, zero), expected([1e-12, 2.0, 4.0]))
+    close(L.balanced_softmax_cross_entropy(z, y, zero, min_lambda=1e-12), expected([1e-12, 2.0, 4.0]))
     close(L.balanced_softmax_cross_entropy(z, y, zero, min_lambda=1.0), expected([1.0, 2.0, 4.0]))
+    assert L.balanced_softmax_cross_entropy(z, y, zero).item() == math.inf      # y holds class 0, of λ = 0
     z32 = z.float()
     out = L.balanced_softmax_cross_entropy(z32, y, b)    # float32 logits: float32 offsets, not the float64 ones
     assert out.dtype == torch.float32
@@ -267,7 +277,7 @@ def test_fused_shifted_ce_backward_twice_with_retained_graph(fused_always, gen, 
 
 
 def test_fused_shifted_ce_target_out_of_range(fused_always):
-    with pytest.raises(LossArgumentError, match=r"targets must be class indices in \[0, 4\)"):
+    with pytest.raises(LossArgumentError, match=r"target must hold class indices in \[0, 4\), got 4 at index 1"):
         L.logit_adjusted_cross_entropy(torch.randn(2, 4), torch.tensor([0, 4]), torch.zeros(4))
 
 

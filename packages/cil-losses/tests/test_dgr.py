@@ -101,8 +101,10 @@ def test_dakd_guards(gen, rand, close):
 
 def test_regularized_softmax_offsets():
     off = L.regularized_softmax_offsets([10.0, 30.0, 0.0])
-    torch.testing.assert_close(off[:2], torch.tensor([math.log(0.25), math.log(0.75)]))
-    assert off[2] == pytest.approx(math.log(1e-12))
+    torch.testing.assert_close(off[:2], torch.tensor([math.log(0.25), math.log(0.75)], dtype=torch.float64))
+    assert off[2] == -math.inf and off.dtype == torch.float64
+    assert L.regularized_softmax_offsets([10.0, 30.0, 0.0], min_fraction=1e-12)[2] == pytest.approx(math.log(1e-12))
+    assert L.regularized_softmax_offsets([10.0, 30.0], dtype=torch.float32).dtype == torch.float32
     with pytest.raises(LossArgumentError, match="class_counts"):
         L.regularized_softmax_offsets([0.0, 0.0])
 

@@ -59,7 +59,7 @@ def test_input_coordination_saturated_logits_are_finite():
 
 
 def test_input_coordination_target_range():
-    with pytest.raises(LossArgumentError, match="targets"):
+    with pytest.raises(LossArgumentError, match="target"):
         L.input_coordination_ce(torch.randn(2, 3), torch.tensor([0, 3]))
 
 

@@ -40,7 +40,7 @@ def test_replay_without_old_classes_is_an_error():
 
 
 def test_targets_must_match_their_group():
-    with pytest.raises(LossArgumentError, match="targets do not match is_replay"):
+    with pytest.raises(LossArgumentError, match="target does not match is_memory"):
         L.separated_softmax_cross_entropy(torch.randn(2, 4), torch.tensor([0, 3]), 2, torch.tensor([False, False]))
 
 

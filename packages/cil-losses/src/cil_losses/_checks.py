@@ -7,10 +7,13 @@ they cost no device synchronisation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .errors import LossArgumentError, LossTypeError
 
@@ -46,9 +49,10 @@ _INTEGER_DTYPES = frozenset(
 )
 
 
-def targets_1d(name: str, value: object, batch: int) -> torch.Tensor:
-    """Return ``value`` if it is an integer tensor of shape ``[batch]``."""
-    if isinstance(value, torch.Tensor) and value.dtype in _INTEGER_DTYPES and value.shape == (batch,):
+def targets_1d(name: str, value: object, batch: int, device: torch.device | None = None) -> torch.Tensor:
+    """Return ``value`` if it is an integer tensor of shape ``[batch]`` (on ``device`` when given)."""
+    if (isinstance(value, torch.Tensor) and value.dtype in _INTEGER_DTYPES and value.shape == (batch,)
+            and (device is None or value.device == device)):
         return value
     if not isinstance(value, torch.Tensor):
         raise LossTypeError(f"{name} must be an integer torch.Tensor of shape [{batch}], got {type(value).__name__}")
@@ -56,7 +60,61 @@ def targets_1d(name: str, value: object, batch: int) -> torch.Tensor:
         raise LossTypeError(f"{name} must have an integer dtype (class indices), got {value.dtype}")
     if value.dim() != 1 or value.shape[0] != batch:
         raise LossArgumentError(f"{name} must have shape [{batch}] (one class index per sample), got {tuple(value.shape)}")
+    if device is not None and value.device != device:
+        raise LossArgumentError(f"{name} must be on the logits' device {device}, got a tensor on {value.device}")
     return value  # an integer dtype this module does not list (e.g. a future one)
+
+
+#: ``ignore_index`` given to ``F.cross_entropy``: no class index can take this value, so that a target of
+#: ``-100`` (torch's default ``ignore_index``) is an error here, as on every other path of this package.
+NO_IGNORE_INDEX = -(2**63)
+
+IGNORE_HINT = ("targets to ignore (ignore_index, e.g. -100) are not supported by cil_losses: drop those samples "
+               "first, e.g. keep = target >= 0; loss(logits[keep], target[keep])")
+
+
+def target_range_error(name: str, target: torch.Tensor, num_classes: int) -> LossArgumentError:
+    """The error for class indices outside ``[0, num_classes)``, naming the first bad value and its position."""
+    flat = target.detach().reshape(-1).to("cpu", torch.int64)
+    bad = ((flat < 0) | (flat >= num_classes)).nonzero().reshape(-1)
+    if bad.numel() == 0:  # not reached from the callers; keeps the message meaningful anyway
+        return LossArgumentError(f"{name} must hold class indices in [0, {num_classes})")
+    index = int(bad[0])
+    value = int(flat[index])
+    more = f" ({bad.numel()} entries outside)" if bad.numel() > 1 else ""
+    hint = f"; {IGNORE_HINT}" if value < 0 else ""
+    return LossArgumentError(f"{name} must hold class indices in [0, {num_classes}), got {value} at index {index}"
+                             f"{more}{hint}")
+
+
+def check_target_range(name: str, target: torch.Tensor, num_classes: int) -> None:
+    """Raise :func:`target_range_error` unless every entry of ``target`` is in ``[0, num_classes)``
+    (one read of two numbers: a host synchronisation on an accelerator)."""
+    if target.numel() == 0:
+        return
+    low, high = torch.aminmax(target)
+    if int(low) < 0 or int(high) >= num_classes:
+        raise target_range_error(name, target, num_classes)
+
+
+def cross_entropy(z: torch.Tensor, target: torch.Tensor, how: str, *, check: bool = True,
+                  name: str = "target") -> torch.Tensor:
+    """``F.cross_entropy(z, target)`` with one rule for targets: class indices in ``[0, C)``, nothing ignored.
+
+    On the CPU the kernel's own bounds check reports a bad target (caught and re-raised as our error, so the
+    check costs nothing); on accelerators ``check`` reads the targets' range first (a kernel-side assert is
+    not recoverable there).
+    """
+    if target.dtype is not torch.int64:
+        target = target.long()
+    if z.device.type == "cpu":
+        try:
+            return F.cross_entropy(z, target, reduction=how, ignore_index=NO_IGNORE_INDEX)
+        except IndexError:
+            raise target_range_error(name, target, z.shape[1]) from None
+    if check:
+        check_target_range(name, target, z.shape[1])
+    return F.cross_entropy(z, target, reduction=how, ignore_index=NO_IGNORE_INDEX)
 
 
 def mask_1d(name: str, value: object, batch: int, device: torch.device) -> torch.Tensor:
@@ -77,6 +135,11 @@ def same_batch(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> No
         raise LossArgumentError(
             f"{name_a} and {name_b} must have the same batch size, got {a.shape[0]} and {b.shape[0]}"
         )
+
+
+def same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.device != b.device:
+        raise LossArgumentError(f"{name_b} must be on the device of {name_a} ({a.device}), got a tensor on {b.device}")
 
 
 def temperature(name: str, value: object) -> float:
@@ -175,3 +238,27 @@ def autocast_off(t: torch.Tensor) -> contextlib.AbstractContextManager:
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return _NO_CONTEXT
+
+
+def renamed_keywords(**old_to_new: str):
+    """Decorator: keyword ``old`` of the function still works for one release, as ``new``, with a
+    ``DeprecationWarning`` (positional calls are unaffected and cost one dictionary test)."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if kwargs:
+                for old, new in old_to_new.items():
+                    if old in kwargs:
+                        if new in kwargs:
+                            raise LossTypeError(f"{fn.__name__}() got both {old!r} (deprecated) and {new!r}; "
+                                                f"pass {new!r} only")
+                        warnings.warn(f"{fn.__name__}(): the keyword {old!r} is deprecated since cil-losses 1.0.0 "
+                                      f"and will be removed in 1.1; use {new!r}", DeprecationWarning, stacklevel=2)
+                        kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        wrapper.__renamed_keywords__ = dict(old_to_new)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate

@@ -6,6 +6,7 @@ BalancedS-CE: ``q_k = λ_k e^{z_k} / Σ_j λ_j e^{z_j}``, loss ``-log q_y``, i.e
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,35 +25,56 @@ __all__ = [
     "relaxed_eps_default",
 ]
 
-#: Floor applied to λ before the log: a class with λ = 0 (no sample, or Relaxed ε = 0) gets the offset
-#: ``log(1e-12) ≈ -27.6``, i.e. about 1e-12 of the mass of a class with one sample, instead of ``-inf``.
-DEFAULT_MIN_LAMBDA = 1e-12
+#: Default floor of λ before the log: none. A class with λ = 0 (no sample in this phase, Relaxed ε = 0, α = 0)
+#: gets the offset ``−inf`` and takes no probability mass at all (exactly: it leaves the normaliser). Before
+#: 1.0 the default was ``1e-12``; ``min_lambda=1e-12`` restores that behaviour.
+DEFAULT_MIN_LAMBDA = 0.0
 
 Counts = Sequence[float] | torch.Tensor
 
 
+@_checks.renamed_keywords(targets="target")
 def logit_adjusted_cross_entropy(
     logits: torch.Tensor,
-    targets: torch.Tensor,
+    target: torch.Tensor,
     offsets: torch.Tensor,
     reduction: str = "mean",
+    *,
+    check_targets: bool = True,
 ) -> torch.Tensor:
-    """Cross-entropy on shifted logits: ``CE(z + o, y)`` (logit adjustment, Menon et al. 2021).
+    """Cross-entropy on shifted logits (logit adjustment; Menon et al., ICLR 2021).
+
+    ``ℓ_i = −log softmax(z_i + o)_{y_i} = log Σ_j e^{z_ij + o_j} − (z_iy + o_y)``. An offset of ``−inf``
+    removes its class from the normaliser (no probability mass, zero gradient; a target in such a class has
+    an infinite loss and the finite gradient ``softmax(z + o) − e_y``).
 
     Args:
         logits: ``[B, C]``.
-        targets: ``[B]`` class indices.
-        offsets: ``[C]`` (one per class) or ``[B, C]``; gradients flow into ``offsets`` if it requires them.
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        target: ``[B]`` class indices in ``[0, C)`` (any integer dtype; ``ignore_index`` is not supported:
+            an index outside ``[0, C)``, ``-100`` included, raises :class:`LossArgumentError`).
+        offsets: ``[C]`` (one per class) or ``[B, C]``, converted to the logits' compute dtype; gradients flow
+            into ``offsets`` if it requires them.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (``[B]``).
+        check_targets: on accelerators, read the targets' range (one host synchronisation) so that a bad index
+            raises our error; on the CPU the check is free and always on.
 
-    Returns a float32 loss for half/bfloat16 logits (computed in float32). On CPU, for
+    Returns a float32 loss for half/bfloat16 logits (computed in float32), float64 for float64. On CPU, for
     ``B·C ≥ FUSED_MIN_NUMEL`` (100,000) and offsets without gradient, this runs
     :class:`ShiftedCrossEntropyFunction` (same values to float rounding, faster, twice differentiable);
-    otherwise ``F.cross_entropy(z + o, y)``. Targets must be class indices in ``[0, C)``.
+    otherwise ``F.cross_entropy(z + o, y)``.
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> z = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> L.logit_adjusted_cross_entropy(z, y, torch.zeros(3))             # = F.cross_entropy(z, y)
+        tensor(0.2056)
+        >>> L.logit_adjusted_cross_entropy(z, y, L.regularized_softmax_offsets([90, 9, 1]))
+        tensor(0.9623)
     """
     logits = _checks.logits_2d("logits", logits)
     shape = logits.shape
-    targets = _checks.targets_1d("targets", targets, shape[0])
+    target = _checks.targets_1d("target", target, shape[0], logits.device)
     how = _checks.reduction(reduction)
     if not isinstance(offsets, torch.Tensor):
         raise LossTypeError(f"offsets must be a torch.Tensor of shape [C] or [B, C], got {type(offsets).__name__}")
@@ -61,7 +83,10 @@ def logit_adjusted_cross_entropy(
         raise LossArgumentError(
             f"offsets must have shape [{logits.shape[1]}] or {list(logits.shape)}, got {list(offsets.shape)}"
         )
-    return _shifted_cross_entropy(logits, targets, offsets, how)
+    if offsets.device != logits.device:
+        raise LossArgumentError(f"offsets must be on the logits' device {logits.device}, got a tensor on "
+                                f"{offsets.device}")
+    return _shifted_cross_entropy(logits, target, offsets, how, check_targets)
 
 
 #: Smallest ``B·C`` for which :func:`_shifted_cross_entropy` uses :class:`ShiftedCrossEntropyFunction` on
@@ -83,8 +108,9 @@ class ShiftedCrossEntropyFunction(torch.autograd.Function):
     ``exp`` of its log-probabilities there). With ``create_graph=True`` the backward is recomputed from the
     saved inputs with differentiable operations, so the loss stays twice differentiable in ``z``.
     ``o``: ``[C]`` or ``[B, C]``, no gradient (:func:`_shifted_cross_entropy` routes offsets that need one
-    to ``F.cross_entropy``). Targets must be class indices in ``[0, C)``. CPU tensors only: the backward
-    reads the upstream gradient of a reduced loss as a Python number.
+    to ``F.cross_entropy``); an offset of ``−inf`` gives ``2^s = 0`` (no mass, zero gradient). Targets must be
+    class indices in ``[0, C)``. CPU tensors only: the backward reads the upstream gradient of a reduced loss
+    as a Python number.
     """
 
     @staticmethod
@@ -95,8 +121,8 @@ class ShiftedCrossEntropyFunction(torch.autograd.Function):
         index = targets.view(-1, 1)
         try:
             picked = s.gather(1, index)                                 # [B, 1]
-        except RuntimeError as err:
-            raise LossArgumentError(f"targets must be class indices in [0, {s.shape[1]}): {err}") from None
+        except RuntimeError:
+            raise _checks.target_range_error("target", targets, s.shape[1]) from None
         total = s.exp2_().sum(dim=1, keepdim=True)                      # 2^s in place; Σ ≥ 1 (the maximum is 2^0)
         per_sample = total.log2().sub_(picked)                          # ℓ / ln 2, [B, 1]
         if how == "none":
@@ -127,7 +153,8 @@ class ShiftedCrossEntropyFunction(torch.autograd.Function):
         return grad, None, None, None
 
 
-def _shifted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor, how: str) -> torch.Tensor:
+def _shifted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor, how: str,
+                           check_targets: bool = True) -> torch.Tensor:
     dtype = logits.dtype                      # dtypes are singletons: `is` (this runs on every step)
     if dtype is not torch.float32 and dtype is not torch.float64:
         logits, dtype = logits.float(), torch.float32             # half/bfloat16: computed in float32
@@ -137,7 +164,7 @@ def _shifted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, offsets:
         targets = targets.long()
     if logits.numel() >= FUSED_MIN_NUMEL and logits.device.type == "cpu" and not offsets.requires_grad:
         return ShiftedCrossEntropyFunction.apply(logits, targets, offsets, how)
-    return F.cross_entropy(logits + offsets, targets, reduction=how)
+    return _checks.cross_entropy(logits + offsets, targets, how, check=check_targets)
 
 
 def _counts_tensor(class_counts: Counts, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
@@ -162,6 +189,12 @@ def _counts_tensor(class_counts: Counts, dtype: torch.dtype, device: torch.devic
     return counts
 
 
+def _log_or_minus_inf(values: torch.Tensor) -> torch.Tensor:
+    """``log`` of values ≥ 0 with ``log 0 = −inf`` and a gradient that is 0 (not NaN) where the value is 0."""
+    positive = values > 0
+    return torch.where(positive, torch.log(torch.where(positive, values, torch.ones_like(values))), -math.inf)
+
+
 def balanced_softmax_offsets(
     class_counts: Counts,
     num_old: int = 0,
@@ -172,35 +205,40 @@ def balanced_softmax_offsets(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Offsets ``log λ_c`` of BalancedS-CE and its variants (METHODS.md §1).
+    """Offsets ``log λ_c`` of BalancedS-CE and its variants (Jodelet et al., ICANN 2021 / CVIU 2022).
 
     * BalancedS-CE: ``λ_c = n_c``.
     * old-class weight: ``λ_c = α·n_c`` for old classes (``c < num_old``), ``n_c`` for new ones.
     * Relaxed BalancedS-CE (``eps`` given): ``λ_c = ε`` for old classes, ``n_c`` for new ones
       (ε = 0 is BalancedS-CE without memory).
 
-    ``λ`` is floored at ``min_lambda`` before the log (a zero count or ε = 0 gives a class almost no
-    probability mass, ``≈ 1e-12`` of a one-sample class, and never ``-inf``/NaN).
+    A class with ``λ_c = 0`` (count 0, ``ε = 0`` or ``α = 0``) gets the offset ``−inf``: it takes no probability
+    mass. Computed in float64 and rounded once to ``dtype``.
 
     Args:
         class_counts: ``n_c`` for every seen class, ``[C]`` (counts available in the current phase).
         num_old: number of old classes (the first ``num_old`` entries).
-        alpha: old-class weight ≥ 0; a tensor keeps its autograd graph (Meta BalancedS-CE learns it).
+        alpha: old-class weight ≥ 0; a tensor keeps its autograd graph (Meta BalancedS-CE learns it; a tensor
+            ``α ≤ 0`` counts as 0, where its gradient is 0).
         eps: Relaxed ε ≥ 0 for old classes; cannot be combined with ``alpha != 1``.
-        min_lambda: floor of ``λ`` (> 0).
-        dtype: output dtype (default: float64 for float64 counts, else float32).
+        min_lambda: optional floor of ``λ`` (≥ 0; default 0: none). ``1e-12`` gives the pre-1.0 behaviour.
+        dtype: output dtype (default float64; the losses convert offsets to the logits' dtype).
         device: output device (default: that of ``class_counts``, or CPU for sequences).
 
     Returns:
         ``[C]`` float tensor of offsets ``log λ_c`` (unnormalised; CE is invariant to a shared shift).
+
+    Example:
+        >>> import cil_losses as L
+        >>> L.balanced_softmax_offsets([20, 20, 480, 0], num_old=2, alpha=0.5)
+        tensor([2.3026, 2.3026, 6.1738,   -inf], dtype=torch.float64)
     """
     if dtype is None:
-        dtype = torch.float64 if isinstance(class_counts, torch.Tensor) and class_counts.dtype == torch.float64 \
-            else torch.float32
-    counts = _counts_tensor(class_counts, dtype, None if device is None else torch.device(device))
+        dtype = torch.float64
+    counts = _counts_tensor(class_counts, torch.float64, None if device is None else torch.device(device))
     num_classes = counts.shape[0]
     num_old = _checks.class_count("num_old", num_old, num_classes)
-    min_lambda = _checks.temperature("min_lambda", min_lambda)
+    min_lambda = _checks.non_negative_float("min_lambda", min_lambda)
     if eps is not None:
         eps = _checks.non_negative_float("eps", eps)
         if isinstance(alpha, torch.Tensor) or float(alpha) != 1.0:
@@ -214,22 +252,40 @@ def balanced_softmax_offsets(
                                 f"of shape {tuple(alpha.shape)}")
     else:
         alpha = _checks.non_negative_float("alpha", alpha)
+    if isinstance(alpha, torch.Tensor) and num_old > 0:
+        # log λ = log n_c + log α for old classes: the graph runs through log α only, so that a class with
+        # n_c = 0 (offset −inf, softmax mass 0) adds 0 to α's gradient instead of 0·∞ = NaN
+        log_counts = _log_or_minus_inf(counts.clamp_min(min_lambda) if min_lambda > 0 else counts)
+        if not bool((counts[num_old:] > 0).any() or (counts[:num_old] > 0).any()):
+            raise LossArgumentError(f"every class weight λ_c is 0 (class_counts {counts.tolist()}): at least one "
+                                    f"class must have a positive count")
+        log_alpha = _log_or_minus_inf(alpha.reshape(()).to(device=counts.device))
+        if min_lambda > 0:
+            log_alpha = log_alpha.clamp_min(math.log(min_lambda))
+        log_counts = log_counts.to(dtype)
+        return torch.cat([log_counts[:num_old] + log_alpha.to(dtype), log_counts[num_old:]])
     if num_old == 0:
         lam = counts
     elif eps is not None:
         lam = torch.cat([counts.new_full((num_old,), eps), counts[num_old:]])
-    elif isinstance(alpha, torch.Tensor):
-        lam = torch.cat([counts[:num_old] * alpha.to(device=counts.device, dtype=dtype).reshape(()), counts[num_old:]])
     elif alpha == 1.0:
         lam = counts
     else:
         lam = torch.cat([counts[:num_old] * alpha, counts[num_old:]])
-    return lam.clamp_min(min_lambda).log()
+    if min_lambda > 0:
+        lam = lam.clamp_min(min_lambda)
+    if not bool((lam > 0).any()):
+        raise LossArgumentError(
+            f"every class weight λ_c is 0 (class_counts {counts.tolist()}, num_old={num_old}, alpha={alpha}, "
+            f"eps={eps}): at least one class must have λ_c > 0"
+        )
+    return lam.log().to(dtype)
 
 
+@_checks.renamed_keywords(targets="target")
 def balanced_softmax_cross_entropy(
     logits: torch.Tensor,
-    targets: torch.Tensor,
+    target: torch.Tensor,
     class_counts: Counts,
     num_old: int = 0,
     alpha: float | torch.Tensor = 1.0,
@@ -237,24 +293,37 @@ def balanced_softmax_cross_entropy(
     reduction: str = "mean",
     *,
     min_lambda: float = DEFAULT_MIN_LAMBDA,
+    check_targets: bool = True,
 ) -> torch.Tensor:
-    """Balanced Softmax cross-entropy (Jodelet et al., ICANN 2021 / CVIU 2022; METHODS.md §1).
+    """Balanced Softmax cross-entropy, with the old-class weight α and Relaxed ε (Jodelet, Liu, Murata;
+    ICANN 2021 and CVIU 2022).
 
-    ``L = -log( λ_y e^{z_y} / Σ_j λ_j e^{z_j} ) = CE(z + log λ, y)`` with ``λ`` from
-    :func:`balanced_softmax_offsets` (counts ``n_c``, old-class weight ``α``, Relaxed ``ε``).
-    Twice differentiable; ``alpha`` may be a tensor with grad. Computed as in
-    :func:`logit_adjusted_cross_entropy` (fused on CPU for large inputs).
+    ``L = −log( λ_y e^{z_y} / Σ_j λ_j e^{z_j} ) = CE(z + log λ, y)`` with ``λ`` from
+    :func:`balanced_softmax_offsets` (counts ``n_c``, old-class weight ``α``, Relaxed ``ε``). A class with
+    ``λ_c = 0`` leaves the normaliser exactly (offset ``−inf``; zero mass and zero gradient; a target in it has
+    an infinite loss). Twice differentiable; ``alpha`` may be a tensor with grad. Computed as in
+    :func:`logit_adjusted_cross_entropy` (fused on CPU for large inputs; same targets rule).
 
     Args:
         logits: ``[B, C]``.
-        targets: ``[B]`` class indices.
+        target: ``[B]`` class indices in ``[0, C)``.
         class_counts: ``[C]`` training samples per class available in this phase.
-        num_old, alpha, eps: see :func:`balanced_softmax_offsets`.
+        num_old, alpha, eps, min_lambda: see :func:`balanced_softmax_offsets`.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        check_targets: see :func:`logit_adjusted_cross_entropy`.
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> z = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> L.balanced_softmax_cross_entropy(z, y, class_counts=[90, 9, 1])
+        tensor(0.9623)
+        >>> L.balanced_softmax_cross_entropy(z, y, [90, 9, 1], num_old=1, alpha=0.1)    # old class 0 weighted by α
+        tensor(0.5933)
     """
     logits = _checks.logits_2d("logits", logits)
     batch, num_classes = logits.shape
-    targets = _checks.targets_1d("targets", targets, batch)
+    target = _checks.targets_1d("target", target, batch, logits.device)
     how = _checks.reduction(reduction)
     offsets = _offsets_for_step(class_counts, num_old, alpha, eps, min_lambda,
                                 _checks.compute_dtype(logits), logits.device)
@@ -262,7 +331,7 @@ def balanced_softmax_cross_entropy(
         raise LossArgumentError(
             f"class_counts must have one entry per logit column ({num_classes}), got {offsets.shape[0]}"
         )
-    return _shifted_cross_entropy(logits, targets, offsets, how)
+    return _shifted_cross_entropy(logits, target, offsets, how, check_targets)
 
 
 _CACHE_SIZE = 8
@@ -328,7 +397,12 @@ def _remember_latest(class_counts, anchor, num_old, alpha, eps, min_lambda, dtyp
 def relaxed_eps_default(mean_class_count: float) -> float:
     """Default ε of Relaxed BalancedS-CE: 0.2 % of the mean per-class training count of the dataset.
 
-    ≈ 1 on CIFAR-100 (500 images per class), 2.6 on ImageNet-Subset (1300) — CVIU 2022, §4.3.3.
+    ≈ 1 on CIFAR-100 (500 images per class), 2.6 on ImageNet-Subset (1300) — Jodelet et al., CVIU 2022, §4.3.3.
+
+    Example:
+        >>> import cil_losses as L
+        >>> L.relaxed_eps_default(500)
+        1.0
     """
     mean_class_count = _checks.non_negative_float("mean_class_count", mean_class_count)
     return 0.002 * mean_class_count

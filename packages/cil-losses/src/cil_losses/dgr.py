@@ -24,7 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _checks
-from .errors import LossArgumentError
+from .errors import LossArgumentError, LossTypeError
 
 __all__ = [
     "dakd_loss",
@@ -43,9 +43,14 @@ def _non_negative_number(name: str, value: object) -> float:
 
 
 def dgr_kd_weight(n_seen: float, n_new: float, *, lambda_b: float = 0.7) -> float:
-    """KD weight of DGR: ``λ_KD = λ_b·sqrt(N_seen / N_new)``, ``λ_b = 0.7``.
+    """KD weight of DGR (He, CVPR 2024): ``λ_KD = λ_b·sqrt(N_seen / N_new)``, ``λ_b = 0.7``.
 
     ``N_seen``: original training count of all old classes; ``N_new``: count of the new data.
+
+    Example:
+        >>> import cil_losses as L
+        >>> round(L.dgr_kd_weight(n_seen=5000, n_new=1250), 4)
+        1.4
     """
     n_seen = _non_negative_number("n_seen", n_seen)
     n_new = _checks.temperature("n_new", n_new)
@@ -154,21 +159,44 @@ def dgr_loss_balance(weights: torch.Tensor, ce_norms: torch.Tensor, kd_norms: to
 
 
 def regularized_softmax_offsets(
-    class_counts: Sequence[float] | torch.Tensor, *, min_fraction: float = 1e-12
+    class_counts: Sequence[float] | torch.Tensor,
+    *,
+    min_fraction: float = 0.0,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """Offsets of DGR's regularised softmax, ``o_c = log(n_c / Σ_j n_j)`` (the ``"log_prior"`` default).
+    """Offsets of DGR's regularised softmax (He, CVPR 2024), ``o_c = log(n_c / Σ_j n_j)``.
 
-    ``L_CE = CE(z + o, y)`` equals BalancedS-CE. A zero count is floored at ``min_fraction``.
+    ``L_CE = CE(z + o, y)`` (:func:`logit_adjusted_cross_entropy`) equals BalancedS-CE. Computed in float64 and
+    rounded once to ``dtype`` (default float64; the loss converts them to the logits' dtype). A class with
+    count 0 gets ``−inf`` (no probability mass); ``min_fraction > 0`` floors ``n_c / Σ n`` instead (the pre-1.0
+    default was ``1e-12``).
+
+    Example:
+        >>> import cil_losses as L
+        >>> L.regularized_softmax_offsets([90, 9, 1, 0])
+        tensor([-0.1054, -2.4079, -4.6052,    -inf], dtype=torch.float64)
     """
+    min_fraction = _checks.non_negative_float("min_fraction", min_fraction)
     if isinstance(class_counts, torch.Tensor):
-        counts = class_counts.to(torch.float64 if class_counts.dtype == torch.float64 else torch.float32)
+        if class_counts.is_complex() or class_counts.dtype == torch.bool:
+            raise LossTypeError(f"class_counts must hold real numbers, got dtype {class_counts.dtype}")
+        counts = class_counts.detach().to(torch.float64)
+    elif isinstance(class_counts, Sequence) and not isinstance(class_counts, (str, bytes)):
+        try:
+            counts = torch.tensor([float(c) for c in class_counts], dtype=torch.float64)
+        except (TypeError, ValueError) as err:
+            raise LossTypeError(f"class_counts must be a sequence of numbers, got {class_counts!r}") from err
     else:
-        counts = torch.tensor([float(c) for c in class_counts], dtype=torch.float32)
+        raise LossTypeError(f"class_counts must be a 1-D tensor or a sequence of numbers, got "
+                            f"{type(class_counts).__name__}")
     if counts.dim() != 1 or counts.numel() == 0:
         raise LossArgumentError(f"class_counts must be a non-empty 1-D sequence, got shape {tuple(counts.shape)}")
     if not bool(((counts >= 0) & torch.isfinite(counts)).all()) or not bool(counts.sum() > 0):
         raise LossArgumentError(f"class_counts must be finite, >= 0 and not all zero, got {counts.tolist()}")
-    return (counts / counts.sum()).clamp_min(min_fraction).log()
+    prior = counts / counts.sum()
+    if min_fraction > 0:
+        prior = prior.clamp_min(min_fraction)
+    return prior.log().to(dtype)
 
 
 def _lost_counts(value: object, num_old: int, like: torch.Tensor) -> torch.Tensor:
@@ -334,8 +362,9 @@ class DAKDFunction(torch.autograd.Function):
         return grad_student, grad_teacher, None, None, None, None
 
 
+@_checks.renamed_keywords(student_old_logits="logits")
 def dakd_loss(
-    student_old_logits: torch.Tensor,
+    logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     lost_counts: Sequence[float] | torch.Tensor,
     T: float = 2.0,
@@ -359,19 +388,29 @@ def dakd_loss(
     loop that passes the same lost counts every step pays neither the check nor the sync again.
 
     Args:
-        student_old_logits: ``[B, C_old]`` student logits of the old classes.
-        teacher_logits: ``[B, C_old]``.
+        logits: ``[B, C_old]`` student logits of the old classes (before 1.0: ``student_old_logits``).
+        teacher_logits: ``[B, C_old]``, converted to the student's compute dtype.
         lost_counts: ``[C_old]`` ``ℓ_c ≥ 0``.
         T: temperature.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> z = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+        >>> teacher = torch.tensor([[1.0, 1.0, -1.0], [0.0, 2.0, 2.0]])
+        >>> L.dakd_loss(z, teacher, lost_counts=[480, 0, 0])       # class 0 lost most of its data
+        tensor(1.0328)
+        >>> L.dakd_loss(z, teacher, lost_counts=[0, 0, 0]) == L.kd_loss(z, teacher)    # nothing lost: plain KD
+        tensor(True)
     """
-    student = _checks.logits_2d("student_old_logits", student_old_logits)
+    student = _checks.logits_2d("logits", logits)
     teacher = _checks.logits_2d("teacher_logits", teacher_logits)
     if student.shape != teacher.shape:
         raise LossArgumentError(
-            f"student_old_logits and teacher_logits must have the same shape [B, C_old], got "
+            f"logits and teacher_logits must have the same shape [B, C_old], got "
             f"{tuple(student.shape)} and {tuple(teacher.shape)}"
         )
+    _checks.same_device("logits", student, "teacher_logits", teacher)
     how = _checks.reduction(reduction)
     T = _checks.temperature("T", T)
     v, H = _dakd_constants_for_step(lost_counts, student.shape[1], student)

@@ -18,14 +18,16 @@ __all__ = ["kd_loss", "output_coordination_kd", "segmented_kd", "task_wise_kd"]
 
 
 def _pair(student: object, teacher: object) -> tuple[torch.Tensor, torch.Tensor]:
-    student = _checks.logits_2d("student_logits", student, min_columns=0)
+    student = _checks.logits_2d("logits", student, min_columns=0)
     teacher = _checks.logits_2d("teacher_logits", teacher, min_columns=0)
-    _checks.same_batch("student_logits", student, "teacher_logits", teacher)
+    _checks.same_batch("logits", student, "teacher_logits", teacher)
+    _checks.same_device("logits", student, "teacher_logits", teacher)
     return student, teacher
 
 
+@_checks.renamed_keywords(student_logits="logits")
 def kd_loss(
-    student_logits: torch.Tensor,
+    logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     T: float = 2.0,
     *,
@@ -40,20 +42,29 @@ def kd_loss(
 
     The caller picks the class subset by slicing columns (e.g. ``student[:, :C_old]``); both tensors
     must have the same shape. Plain differentiable tensor operations (twice differentiable, as the
-    look-ahead of Meta BalancedS-CE needs). Computed in float32 for half/bfloat16 inputs.
+    look-ahead of Meta BalancedS-CE needs). Computed in float32 for half/bfloat16 inputs; the teacher is
+    converted to the student's compute dtype.
 
     Args:
-        student_logits, teacher_logits: ``[B, K]``.
+        logits: ``[B, K]`` student logits (before 1.0: ``student_logits``).
+        teacher_logits: ``[B, K]``.
         T: temperature > 0.
         t_squared: multiply by ``T²`` (keeps gradient magnitudes comparable across temperatures).
         reduction: ``"mean"`` over the batch (default), ``"sum"`` or ``"none"`` (``[B]``).
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> z = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+        >>> teacher = torch.tensor([[1.0, 1.0, -1.0], [0.0, 2.0, 2.0]])
+        >>> L.kd_loss(z, teacher, T=2.0)
+        tensor(1.0987)
     """
-    student_logits, teacher_logits = _pair(student_logits, teacher_logits)
+    student_logits, teacher_logits = _pair(logits, teacher_logits)
     if student_logits.shape[1] < 1:
-        raise LossArgumentError("student_logits must have at least one class column (the distilled classes)")
+        raise LossArgumentError("logits must have at least one class column (the distilled classes)")
     if student_logits.shape != teacher_logits.shape:
         raise LossArgumentError(
-            f"student_logits and teacher_logits must have the same shape (slice the student's columns), "
+            f"logits and teacher_logits must have the same shape (slice the student's columns), "
             f"got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
     T = _checks.temperature("T", T)
@@ -84,7 +95,7 @@ class SegmentedKDFunction(torch.autograd.Function):
 
     @staticmethod
     def _forward(ctx, student, teacher, plan: SegmentPlan, T: float, scale: float, kl: bool):
-        dtype = torch.promote_types(_checks.compute_dtype(student), _checks.compute_dtype(teacher))
+        dtype = _checks.compute_dtype(student)            # the student's compute dtype (the package's rule)
         log_p = plan.log_softmax(student.to(dtype) / T)
         teacher_scaled = teacher.to(dtype) / T          # a fresh buffer, reused below
         teacher_grad = ctx.needs_input_grad[1]
@@ -117,8 +128,9 @@ class SegmentedKDFunction(torch.autograd.Function):
         return grad_student, grad_teacher, None, None, None, None
 
 
+@_checks.renamed_keywords(student_logits="logits")
 def segmented_kd(
-    student_logits: torch.Tensor,
+    logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     boundaries: Boundaries,
     T: float = 2.0,
@@ -133,28 +145,35 @@ def segmented_kd(
     ``KD_T`` of METHODS.md); both have the same gradient for the student. Only the columns
     ``[0, boundaries[-1])`` of both tensors are used; extra columns (e.g. the student's new classes)
     are ignored. ``boundaries == [0]`` (no old task) gives a zero loss that is still attached to
-    the graph.
+    the graph. The teacher is converted to the student's compute dtype.
 
     A fused custom autograd Function: forward and backward take a number of kernel launches that does
     not depend on the number of slices.
 
     Args:
-        student_logits: ``[B, ≥ boundaries[-1]]``.
-        teacher_logits: ``[B, ≥ boundaries[-1]]``.
+        logits: ``[B, ≥ boundaries[-1]]`` student logits (before 1.0: ``student_logits``).
+        teacher_logits: ``[B, ≥ boundaries[-1]]``, converted to the student's compute dtype.
         boundaries: ``[0, b_1, ..., b_S]``.
         T: temperature > 0.
         kl: KL divergence (default) or soft-target cross-entropy.
         t_squared: multiply by ``T²``.
         reduction: ``"mean"`` over samples (default), ``"sum"`` or ``"none"``.
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> z = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.0, 1.0, 3.0, 1.0]])
+        >>> teacher = torch.tensor([[1.0, 1.0, -1.0], [0.0, 2.0, 2.0]])
+        >>> L.segmented_kd(z, teacher, [0, 2, 3]) == L.task_wise_kd(z, teacher, [0, 2, 3])
+        tensor(True)
     """
-    student_logits, teacher_logits = _pair(student_logits, teacher_logits)
+    student_logits, teacher_logits = _pair(logits, teacher_logits)
     T = _checks.temperature("T", T)
     how = _checks.reduction(reduction)
     plan = plan_for(boundaries)
     if plan is None:
         zero = student_logits[:, :0].sum(dim=1)
         return _checks.reduce(zero.to(_checks.compute_dtype(student_logits)), how)
-    for name, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+    for name, t in (("logits", student_logits), ("teacher_logits", teacher_logits)):
         if t.shape[1] < plan.num_columns:
             raise LossArgumentError(
                 f"{name} has {t.shape[1]} columns but boundaries end at {plan.num_columns}; "
@@ -167,8 +186,11 @@ def segmented_kd(
     return _checks.reduce(per_sample, how)
 
 
+
+
+@_checks.renamed_keywords(student_logits="logits")
 def task_wise_kd(
-    student_logits: torch.Tensor,
+    logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     boundaries: Boundaries,
     T: float = 2.0,
@@ -181,14 +203,22 @@ def task_wise_kd(
     ``L_TKD = (1/B) Σ_i Σ_{s<t} T²·KL(softmax(ẑ_i[S_s]/T) ‖ softmax(z_i[S_s]/T))``: one softmax per old
     task, averaged over all samples (new and replayed), summed over tasks. ``boundaries`` are the
     old tasks' slices ``[0, ..., C_old]``; student columns past ``C_old`` are ignored. Fused (see
-    :func:`segmented_kd`).
+    :func:`segmented_kd`; same arguments).
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> z = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.0, 1.0, 3.0, 1.0]])    # 4 classes: 2 old tasks + new
+        >>> teacher = torch.tensor([[1.0, 1.0, -1.0], [0.0, 2.0, 2.0]])       # 3 old classes
+        >>> L.task_wise_kd(z, teacher, boundaries=[0, 2, 3], T=2.0)            # tasks {0, 1} and {2}
+        tensor(0.1901)
     """
-    return segmented_kd(student_logits, teacher_logits, boundaries, T, kl=True, t_squared=t_squared,
+    return segmented_kd(logits, teacher_logits, boundaries, T, kl=True, t_squared=t_squared,
                         reduction=reduction)
 
 
+@_checks.renamed_keywords(student_logits="logits")
 def output_coordination_kd(
-    student_logits: torch.Tensor,
+    logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     boundaries: Boundaries,
     T: float = 2.0,
@@ -201,7 +231,14 @@ def output_coordination_kd(
     ``L_OC = Σ_{s<t} KD_T(z[:, S_s], ẑ[:, S_s])``: soft-target cross-entropy per old task (one softmax
     per task), over every sample of the batch, summed over tasks; no ``T²`` by default.
     ``boundaries`` are the old tasks' slices; student columns past ``C_old`` are ignored. Fused
-    (see :func:`segmented_kd`).
+    (see :func:`segmented_kd`; same arguments).
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> z = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.0, 1.0, 3.0, 1.0]])
+        >>> teacher = torch.tensor([[1.0, 1.0, -1.0], [0.0, 2.0, 2.0]])
+        >>> L.output_coordination_kd(z, teacher, boundaries=[0, 2, 3], T=2.0)
+        tensor(0.6852)
     """
-    return segmented_kd(student_logits, teacher_logits, boundaries, T, kl=False, t_squared=t_squared,
+    return segmented_kd(logits, teacher_logits, boundaries, T, kl=False, t_squared=t_squared,
                         reduction=reduction)

@@ -135,6 +135,20 @@ class GradientReweighter(torch.nn.Module):
           is not done here).
         * ``phi_dtype=torch.float32`` on devices without float64 (e.g. MPS).
 
+    Example (one step of phase 1: 3 old classes, 2 new):
+        >>> import torch, cil_losses as L
+        >>> _ = torch.manual_seed(0)
+        >>> head = torch.nn.Linear(8, 5)
+        >>> reweighter = L.GradientReweighter()
+        >>> reweighter.start_phase(num_classes=5, num_old=3, n_seen=1500, n_new=400)
+        >>> features, y = torch.randn(4, 8), torch.tensor([3, 4, 0, 3])
+        >>> z_ce, z_kd = reweighter(features, head.weight, head.bias)
+        >>> loss = L.logit_adjusted_cross_entropy(z_ce, y, L.regularized_softmax_offsets([20, 20, 20, 300, 100]))
+        >>> loss = loss + 4.0 * L.dakd_loss(z_kd, torch.randn(4, 3), lost_counts=[480, 480, 480])
+        >>> loss.backward()                  # the FC rows' gradients arrive reweighted
+        >>> reweighter.phi.shape, reweighter.last_weights.shape
+        (torch.Size([5]), torch.Size([5]))
+
     Args:
         decoupled: DGR (old and new classes form separate class-balance groups) vs. GR.
         eta: ``η`` of the attenuation ``γ``.
@@ -231,6 +245,20 @@ class GradientReweighter(torch.nn.Module):
         if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (self.num_classes,)):
             raise LossArgumentError(f"bias must be None or have shape [{self.num_classes}], "
                                     f"got {getattr(bias, 'shape', type(bias))}")
+        device = features.device
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is None:
+                continue
+            if t.device != device:
+                raise LossArgumentError(f"{name} is on {t.device} but features on {device}: the layer's tensors "
+                                        f"must share a device")
+            if t.dtype != features.dtype and not (torch.amp.is_autocast_available(device.type)
+                                                  and torch.is_autocast_enabled(device.type)):
+                raise LossTypeError(
+                    f"{name} has dtype {t.dtype} but features {features.dtype}: outside torch.autocast the layer's "
+                    f"tensors must share a floating dtype (as for F.linear); convert one of them, e.g. "
+                    f"features.to({t.dtype}), or run the forward under torch.autocast"
+                )
         if self.phi.device != features.device:
             self.phi = self.phi.to(features.device)
         needs_grad = torch.is_grad_enabled() and any(
@@ -366,14 +394,16 @@ class GradientReweighter(torch.nn.Module):
         """Offsets of the regularised softmax with ``offsets="grad"``: ``o_c = log(Φ_c / Σ_j Φ_j)``.
 
         Guard: at the phase start (``Φ = 0``) the prior is uniform, ``o_c = −log C``; a single
-        ``Φ_c = 0`` is floored at ``min_fraction``. Returned as float32 on ``Φ``'s device.
+        ``Φ_c = 0`` is floored at ``min_fraction`` (an estimate of the prior, not a zero class weight: a class
+        without gradient so far keeps some mass). Returned as float64 on ``Φ``'s device (the losses convert
+        offsets to the logits' dtype; before 1.0: float32).
         """
         if self.num_classes == 0:
             raise PhaseStateError("log_prior_offsets needs start_phase() first")
         phi = self.phi.to(torch.float64)
         total = phi.sum()
         prior = torch.where(total > 0, phi / torch.where(total > 0, total, 1.0), 1.0 / self.num_classes)
-        return prior.clamp_min(min_fraction).log().to(torch.float32)
+        return prior.clamp_min(min_fraction).log()
 
     # ------------------------------------------------------------------ checkpointing
     def get_extra_state(self) -> dict[str, Any]:

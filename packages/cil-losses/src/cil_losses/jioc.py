@@ -8,7 +8,6 @@ suppression of the new task's head on memory samples ``L_sup`` (eq. 9).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import _checks
@@ -62,18 +61,15 @@ class InputCoordinationFunction(torch.autograd.Function):
         return grad * coef.unsqueeze(1), None, None, None
 
 
-def _check_targets_in_range(targets: torch.Tensor, num_classes: int) -> None:
-    if bool(((targets < 0) | (targets >= num_classes)).any()):
-        raise LossArgumentError(f"targets must be class indices in [0, {num_classes}), got values outside")
-
-
+@_checks.renamed_keywords(targets="target")
 def input_coordination_ce(
     logits: torch.Tensor,
-    targets: torch.Tensor,
+    target: torch.Tensor,
     *,
     detach_weight: bool = True,
     normalize: bool = False,
     reduction: str = "mean",
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """Input coordination of JIOC (IJCAI 2024, eqs. 6–7): cross-entropy weighted by the target's error.
 
@@ -82,18 +78,29 @@ def input_coordination_ce(
 
     Args:
         logits: ``[B, C]``.
-        targets: ``[B]`` class indices.
+        target: ``[B]`` class indices in ``[0, C)``.
         detach_weight: treat δ as a constant (default, METHODS.md); ``False`` keeps it in the graph.
         normalize: divide δ by its batch mean (mean weight 1; default off).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (``[B]``, with the same δ / mean).
+        check_targets: on accelerators, read the targets' range (one host synchronisation) so that a bad index
+            raises our error; on the CPU always on.
 
     A custom autograd Function (one fused backward). Computed in float32 for half/bfloat16 logits.
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> z = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+        >>> L.input_coordination_ce(z, torch.tensor([0, 1]))      # sample 1 is far from its class: weight ≈ 0.9
+        tensor(0.9869)
     """
     logits = _checks.logits_2d("logits", logits)
-    targets = _checks.targets_1d("targets", targets, logits.shape[0]).to(device=logits.device, dtype=torch.long)
+    target = _checks.targets_1d("target", target, logits.shape[0], logits.device)
+    if target.dtype is not torch.int64:
+        target = target.long()
     how = _checks.reduction(reduction)
-    _check_targets_in_range(targets, logits.shape[1])
-    per_sample = InputCoordinationFunction.apply(logits, targets, bool(detach_weight), bool(normalize))
+    if check_targets or logits.device.type == "cpu":
+        _checks.check_target_range("target", target, logits.shape[1])
+    per_sample = InputCoordinationFunction.apply(logits, target, bool(detach_weight), bool(normalize))
     return _checks.reduce(per_sample, how)
 
 
@@ -103,6 +110,7 @@ def new_head_suppression(
     num_old: int,
     *,
     squared: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """New-head suppression of JIOC (IJCAI 2024, eq. 9): memory samples put no mass on new classes.
 
@@ -116,20 +124,33 @@ def new_head_suppression(
         is_memory: ``[B]`` bool, True for exemplar-memory samples.
         num_old: number of old classes (``0 ≤ num_old ≤ C``).
         squared: the squared variant.
+        reduction: ``"mean"`` over the memory samples (default), ``"sum"`` over them, or ``"none"``: ``[B]``,
+            each memory sample's term and 0 for the others.
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> z = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.0, 1.0, 3.0, 1.0]])
+        >>> L.new_head_suppression(z, is_memory=torch.tensor([True, False]), num_old=2)   # mass on classes 2, 3
+        tensor(0.1315)
     """
     logits = _checks.logits_2d("logits", logits)
     batch, num_classes = logits.shape
     num_old = _checks.class_count("num_old", num_old, num_classes)
+    how = _checks.reduction(reduction)
     memory = _checks.mask_1d("is_memory", is_memory, batch, logits.device)
     p_new = torch.softmax(_checks.upcast(logits), dim=1)[:, num_old:]
     mass = (p_new * p_new if squared else p_new).sum(dim=1)
     weight = memory.to(mass.dtype)
-    return (mass * weight).sum() / weight.sum().clamp_min(1.0)
+    if how == "none":
+        return mass * weight
+    total = (mass * weight).sum()
+    return total if how == "sum" else total / weight.sum().clamp_min(1.0)
 
 
+@_checks.renamed_keywords(targets="target")
 def jioc_loss(
     logits: torch.Tensor,
-    targets: torch.Tensor,
+    target: torch.Tensor,
     teacher_logits: torch.Tensor | None,
     boundaries: Boundaries,
     is_memory: torch.Tensor,
@@ -144,8 +165,10 @@ def jioc_loss(
     normalize: bool = False,
     squared: bool = False,
     return_parts: bool = False,
+    check_targets: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """JIOC total loss with the ablation switches of the paper's Table 4 (METHODS.md §3).
+    """JIOC total loss (Joint Input and Output Coordination, IJCAI 2024, eq. 10) with the ablation switches
+    of the paper's Table 4 (METHODS.md §3).
 
     ``L = C + γ1·D + γ2·L_sup`` where the classification term ``C`` is ``L_IC`` (``use_ic``) or plain CE,
     the distillation ``D`` is ``L_OC`` (one softmax per old task, ``use_oc``) or plain ``KD_T`` over all
@@ -153,9 +176,12 @@ def jioc_loss(
     Rows of Table 4: ``CE + KD`` (``use_ic=False, use_oc=False``), ``L_IC + KD`` (``use_oc=False``),
     ``CE + L_OC (+L_sup)`` (``use_ic=False``), ``L_JIOC`` (defaults).
 
+    No ``reduction``: the three terms are means over different sets of samples (the batch, the batch, the
+    memory samples); take the per-sample terms from the three functions for anything else.
+
     Args:
         logits: ``[B, C]`` over all seen classes.
-        targets: ``[B]``.
+        target: ``[B]`` class indices in ``[0, C)``.
         teacher_logits: ``[B, C_old]`` of the previous model (``None`` allowed when there is no old task).
         boundaries: old tasks' slices ``[0, ..., C_old]`` (``[0]`` in phase 0: classification term only).
         is_memory: ``[B]`` bool, True for exemplar-memory samples.
@@ -164,9 +190,19 @@ def jioc_loss(
         detach_weight, normalize: options of :func:`input_coordination_ce`.
         squared: option of :func:`new_head_suppression`.
         return_parts: also return a dict of the (unweighted) terms for logging.
+        check_targets: see :func:`input_coordination_ce`.
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> z = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.0, 1.0, 3.0, 1.0]])
+        >>> teacher = torch.tensor([[1.0, 1.0, -1.0], [0.0, 2.0, 2.0]])
+        >>> total, parts = L.jioc_loss(z, torch.tensor([0, 3]), teacher, [0, 2, 3], torch.tensor([True, False]),
+        ...                            return_parts=True)
+        >>> sorted(parts)
+        ['ic', 'oc', 'sup']
     """
     logits = _checks.logits_2d("logits", logits)
-    targets = _checks.targets_1d("targets", targets, logits.shape[0])
+    targets = _checks.targets_1d("target", target, logits.shape[0], logits.device)
     gamma1 = _checks.non_negative_float("gamma1", gamma1)
     gamma2 = _checks.non_negative_float("gamma2", gamma2)
     items = parse_boundaries(boundaries)
@@ -175,9 +211,10 @@ def jioc_loss(
         raise LossArgumentError(f"boundaries end at {num_old} but logits have only {logits.shape[1]} columns")
     parts: dict[str, torch.Tensor] = {}
     if use_ic:
-        parts["ic"] = input_coordination_ce(logits, targets, detach_weight=detach_weight, normalize=normalize)
+        parts["ic"] = input_coordination_ce(logits, targets, detach_weight=detach_weight, normalize=normalize,
+                                            check_targets=check_targets)
     else:
-        parts["ce"] = F.cross_entropy(_checks.upcast(logits), targets)
+        parts["ce"] = _checks.cross_entropy(_checks.upcast(logits), targets, "mean", check=check_targets)
     total = next(iter(parts.values()))
     if num_old > 0:
         if teacher_logits is None:

@@ -231,6 +231,11 @@ def segmented_log_softmax(logits: torch.Tensor, boundaries: Boundaries) -> torch
         ``[B, C]`` log-probabilities (float32 for half/bfloat16 logits, else the logits' dtype).
         A custom autograd Function: forward and backward run in a number of kernel launches that
         does not depend on the number of slices.
+
+    Example:
+        >>> import torch, cil_losses as L
+        >>> L.segmented_log_softmax(torch.zeros(1, 5), boundaries=[0, 2, 5]).exp()   # tasks {0, 1}, {2, 3, 4}
+        tensor([[0.5000, 0.5000, 0.3333, 0.3333, 0.3333]])
     """
     logits = _checks.logits_2d("logits", logits)
     plan = plan_for(boundaries)
