@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cil_models import CosineLinear, HeadStateError, IncrementalLinear, ModelConfigError
+from cil_models import CosineLinear, HeadStateError, IncrementalLinear, ModelConfigError, normalized_class_means
 
 SEEDS = (0, 1, 2)
 SPLITS = ([5], [4, 3], [2, 3, 1, 4])
@@ -180,7 +180,7 @@ def test_explicit_initial_rows():
         head.expand(0)
     with pytest.raises(TypeError, match="n_new must be an int"):
         head.expand(2.0)
-    with pytest.raises(ModelConfigError, match="init must be one of 'kaiming', 'torch'; got 'xavier'"):
+    with pytest.raises(ModelConfigError, match="init must be one of 'kaiming', 'torch', 'normal'; got 'xavier'"):
         IncrementalLinear(3, init="xavier")
 
 
@@ -245,3 +245,61 @@ def test_bf16_autocast(cls):
         out = head(x)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), head(x), rtol=0.05, atol=0.05)
+
+
+# ---- input growth (DER/FOSTER) and LUCIR imprinting -----------------------------------------
+
+
+@pytest.mark.parametrize("cls", [IncrementalLinear, CosineLinear])
+@pytest.mark.parametrize("new_columns", ["random", "zero"])
+def test_add_input_features_keeps_old_columns(cls, new_columns):
+    torch.manual_seed(0)
+    head = build(cls, [3, 2])
+    old = head.full_weight().detach().clone()
+    head.blocks[0].weight.requires_grad_(False)
+    head.add_input_features(4, new_columns)
+    assert head.in_features == 10 and all(b.in_features == 10 for b in head.blocks)
+    weight = head.full_weight().detach()
+    assert torch.equal(weight[:, :6], old)
+    assert not head.blocks[0].weight.requires_grad and head.blocks[1].weight.requires_grad
+    if new_columns == "zero":
+        assert torch.all(weight[:, 6:] == 0)
+        x = torch.randn(4, 6, dtype=torch.float64)
+        padded = torch.cat([x, torch.randn(4, 4, dtype=torch.float64)], dim=1)
+        if cls is IncrementalLinear:  # z = [x, x'] [W, 0]ᵀ + b = x Wᵀ + b
+            torch.testing.assert_close(head(padded), x @ old.T + head.full_bias().detach())
+    else:
+        bound = (3.0 / 10) ** 0.5 if head.init == "kaiming" else 1 / 10**0.5
+        assert weight[:, 6:].abs().max() <= bound and weight[:, 6:].abs().max() > 0
+    head.expand(2)
+    assert head.blocks[2].weight.shape == (2, 10)
+    head.keep_input_features(6, 10)
+    assert head.in_features == 4 and torch.equal(head.full_weight().detach()[:5], weight[:, 6:])
+    with pytest.raises(ModelConfigError, match="0 <= start < stop <= in_features = 4"):
+        head.keep_input_features(2, 6)
+    with pytest.raises(ModelConfigError, match="new_columns must be one of"):
+        head.add_input_features(2, "ones")
+
+
+def test_cosine_imprinting_follows_lucir():
+    torch.manual_seed(0)
+    head = build(CosineLinear, [4])
+    feats = torch.randn(30, 6, dtype=torch.float64)
+    labels = torch.arange(30) % 3
+    means, _ = normalized_class_means(feats, labels, 3)
+    old_norm = head.full_weight().detach().norm(dim=1).mean()
+    head.expand_imprinted(means)
+    rows = head.blocks[1].weight.detach()
+    # Reference, written out: w_c = normalize(mean_i f_i/‖f_i‖) · mean_{j old} ‖w_j‖.
+    for c in range(3):
+        members = feats[labels == c]
+        mean = (members / members.norm(dim=1, keepdim=True)).mean(dim=0)
+        torch.testing.assert_close(rows[c], mean / mean.norm() * old_norm)
+    assert head.task_sizes == [4, 3]
+    first = build(CosineLinear, [])
+    first.expand_imprinted(means * 7.0)
+    torch.testing.assert_close(first.full_weight().detach().norm(dim=1), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ModelConfigError, match="one nonzero row per new class"):
+        head.expand_imprinted(torch.zeros(2, 6))
+    with pytest.raises(ModelConfigError, match=r"class_means must be a tensor \[n_new, 6\]"):
+        head.expand_imprinted(torch.zeros(6))

@@ -15,6 +15,7 @@ from .bias_correction import BiasCorrection
 from .cifar_resnet import BasicBlock, CifarResNet, cifar_resnet
 from .errors import CheckpointError, HeadStateError, ModelConfigError
 from .heads import CosineLinear, IncrementalHead, IncrementalLinear
+from .local_similarity import LocalSimilarityHead, kmeans, kmeans_proxies
 from .network import IncrementalNet
 from .nme import NMEClassifier, normalized_class_means
 from .registry import BACKBONES, build_backbone
@@ -34,12 +35,15 @@ __all__ = [
     "IncrementalHead",
     "IncrementalLinear",
     "IncrementalNet",
+    "LocalSimilarityHead",
     "ModelConfigError",
     "NMEClassifier",
     "ResNet18Features",
     "__version__",
     "build_backbone",
     "cifar_resnet",
+    "kmeans",
+    "kmeans_proxies",
     "clip_nonnegative_",
     "normalized_class_means",
     "resnet18",

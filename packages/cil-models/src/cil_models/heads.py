@@ -20,6 +20,14 @@ Two forward modes (``fused=``), no per-class Python work in either:
   SS-IL, GR/DGR, the BalancedS-CE family).
 * :class:`CosineLinear`: ``z_c = σ · cos(f, W_c)`` with a learnable scale ``σ``
   (Hou et al., "Learning a Unified Classifier Incrementally via Rebalancing", CVPR 2019, LUCIR).
+* :class:`LocalSimilarityHead`: PODNet's local-similarity classifier, ``K`` proxies per class
+  merged by a softmax over proxies (Douillard et al., "PODNet", ECCV 2020); in
+  :mod:`cil_models.local_similarity`.
+
+Growing the input (DER/FOSTER, several feature extractors): :meth:`IncrementalHead.add_input_features`
+appends columns to every block (old rows keep their old columns; the new columns are drawn
+from the head's initialisation, or zero), :meth:`IncrementalHead.keep_input_features` keeps a
+range of columns. Both replace the weight parameters: rebuild the optimiser afterwards.
 
 Initialisation of a new block (``init=``):
 
@@ -29,8 +37,11 @@ Initialisation of a new block (``init=``):
 * ``"torch"`` (default for :class:`CosineLinear`): :class:`torch.nn.Linear`'s own
   initialisation, rows and biases from ``U(±1/sqrt(in_features))`` — the same range as LUCIR's
   cosine layer.
-* explicit rows: ``expand(n, weight=..., bias=...)`` (e.g. LUCIR's imprinted weights, the
-  normalised class means of new classes).
+* ``"normal"``: rows from ``N(0, 1/in_features)`` (Kaiming-normal with linear gain) and zero
+  biases, as PODNet's ``add_classes`` (default of :class:`LocalSimilarityHead`).
+* explicit rows: ``expand(n, weight=..., bias=...)``, or the imprinting helpers
+  :meth:`CosineLinear.expand_imprinted` (LUCIR) and :meth:`LocalSimilarityHead.expand_imprinted`
+  (PODNet).
 
 A new block is created on the device and with the dtype of the existing blocks (before the
 first block: of the head itself, i.e. whatever ``head.to(...)`` last set).
@@ -47,7 +58,8 @@ from torch import Tensor, nn
 from ._checks import one_of, positive_float, positive_int
 from .errors import HeadStateError, ModelConfigError
 
-INITS = ("kaiming", "torch")
+INITS = ("kaiming", "torch", "normal")
+NEW_COLUMNS = ("random", "zero")
 
 
 class IncrementalHead(nn.Module):
@@ -60,6 +72,8 @@ class IncrementalHead(nn.Module):
     """
 
     blocks: nn.ModuleList
+    rows_per_class = 1
+    """Weight rows per class (``K`` proxies for :class:`LocalSimilarityHead`)."""
 
     def __init__(self, in_features: int, bias: bool, init: str, fused: bool) -> None:
         super().__init__()
@@ -74,7 +88,7 @@ class IncrementalHead(nn.Module):
     # ---- bookkeeping -------------------------------------------------------------------------
     @property
     def task_sizes(self) -> list[int]:
-        return [block.out_features for block in self.blocks]
+        return [block.out_features // self.rows_per_class for block in self.blocks]
 
     @property
     def num_tasks(self) -> int:
@@ -113,27 +127,40 @@ class IncrementalHead(nn.Module):
 
         Args:
             n_new: number of classes of the new task (>= 1).
-            weight: optional initial rows ``[n_new, in_features]`` (copied), instead of ``init``.
+            weight: optional initial rows ``[n_new · rows_per_class, in_features]`` (copied),
+                instead of ``init``.
             bias: optional initial biases ``[n_new]`` (only for heads with a bias).
         """
         positive_int("n_new", n_new)
+        rows = n_new * self.rows_per_class
         reference = self.blocks[-1].weight if len(self.blocks) else self._placement
         block = nn.Linear(
-            self.in_features, n_new, bias=self.use_bias, device=reference.device, dtype=reference.dtype
+            self.in_features, rows, bias=self.use_bias, device=reference.device, dtype=reference.dtype
         )
         with torch.no_grad():
-            if self.init == "kaiming":
-                bound = math.sqrt(3.0 / self.in_features)
-                block.weight.uniform_(-bound, bound)
+            if self.init != "torch":
+                self._draw_rows_(block.weight)
                 if block.bias is not None:
                     block.bias.zero_()
             if weight is not None:
-                block.weight.copy_(_checked_rows("weight", weight, (n_new, self.in_features)))
+                block.weight.copy_(_checked_rows("weight", weight, (rows, self.in_features)))
             if bias is not None:
                 if block.bias is None:
                     raise ModelConfigError("bias was given but this head has no bias (bias=False)")
                 block.bias.copy_(_checked_rows("bias", bias, (n_new,)))
         self.blocks.append(block)
+
+    def _draw_rows_(self, weight: Tensor, fan_in: int | None = None) -> None:
+        """Fill ``weight`` in place from the head's initialisation for inputs of width ``fan_in``."""
+        fan_in = self.in_features if fan_in is None else fan_in
+        if self.init == "kaiming":
+            bound = math.sqrt(3.0 / fan_in)
+            weight.uniform_(-bound, bound)
+        elif self.init == "normal":
+            weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
+        else:  # "torch": nn.Linear's kaiming_uniform_(a=sqrt(5)), i.e. U(±1/sqrt(fan_in))
+            bound = 1.0 / math.sqrt(fan_in)
+            weight.uniform_(-bound, bound)
 
     def expand_to(self, task_sizes: list[int] | tuple[int, ...]) -> None:
         """Expand until ``self.task_sizes == list(task_sizes)``; the current sizes must be a prefix."""
@@ -147,7 +174,52 @@ class IncrementalHead(nn.Module):
         for size in sizes[len(current) :]:
             self.expand(size)
 
+    # ---- input width (several feature extractors) -------------------------------------------
+    @torch.no_grad()
+    def add_input_features(self, n_extra: int, new_columns: str = "random") -> None:
+        """Widen the input by ``n_extra`` features (a new extractor's, appended after the old ones).
+
+        Every row keeps its old columns; the ``n_extra`` new columns of the existing rows are
+        drawn from the head's initialisation at the new width (``"random"``, default: PyCIL's
+        ``DERNet``/``FOSTERNet.update_fc``, which copy the old block into a freshly initialised
+        wider layer; Yan et al., CVPR 2021; Wang et al., ECCV 2022) or set to 0 (``"zero"``: the
+        old logits are unchanged by the new features until training moves them). Blocks added
+        later get rows of the full width. The weights become new parameters (same
+        ``requires_grad``): rebuild the optimiser afterwards.
+        """
+        positive_int("n_extra", n_extra)
+        one_of("new_columns", new_columns, NEW_COLUMNS)
+        width = self.in_features + n_extra
+        for block in self.blocks:
+            extra = block.weight.new_zeros(block.out_features, n_extra)
+            if new_columns == "random":
+                self._draw_rows_(extra, fan_in=width)
+            _replace_weight(block, torch.cat([block.weight, extra], dim=1))
+        self.in_features = width
+
+    @torch.no_grad()
+    def keep_input_features(self, start: int, stop: int) -> None:
+        """Keep only the input columns ``start:stop`` of every row (the others are dropped).
+
+        Used when a network returns to one of its feature extractors (FOSTER's compression, Wang
+        et al., ECCV 2022). The weights become new parameters: rebuild the optimiser afterwards.
+        """
+        if not (0 <= start < stop <= self.in_features):
+            raise ModelConfigError(
+                f"the kept columns must satisfy 0 <= start < stop <= in_features = {self.in_features}, "
+                f"got {start}:{stop}"
+            )
+        for block in self.blocks:
+            _replace_weight(block, block.weight[:, start:stop].clone())
+        self.in_features = stop - start
+
     # ---- weights -----------------------------------------------------------------------------
+    def _mean_row_norm(self) -> float | None:
+        """Mean ``‖W_c‖₂`` over the existing rows, ``None`` without rows (for imprinting)."""
+        if not len(self.blocks):
+            return None
+        return float(torch.linalg.vector_norm(self.full_weight().detach().double(), dim=1).mean())
+
     def _require_classes(self) -> None:
         if not len(self.blocks):
             raise HeadStateError(f"{type(self).__name__} has no classes yet; call expand(n_new) first")
@@ -178,6 +250,13 @@ class IncrementalHead(nn.Module):
         return (
             f"in_features={self.in_features}, task_sizes={self.task_sizes}, init={self.init!r}, fused={self.fused}"
         )
+
+
+def _replace_weight(block: nn.Linear, weight: Tensor) -> None:
+    """Give ``block`` a new weight parameter (new width), keeping ``requires_grad``."""
+    requires_grad = block.weight.requires_grad
+    block.weight = nn.Parameter(weight.contiguous(), requires_grad=requires_grad)
+    block.in_features = weight.shape[1]
 
 
 class IncrementalLinear(IncrementalHead):
@@ -248,6 +327,36 @@ class CosineLinear(IncrementalHead):
         if self.fused or len(self.blocks) == 1:
             return F.linear(unit, F.normalize(self.full_weight(), dim=1, eps=self.eps))
         return torch.cat([F.linear(unit, F.normalize(b.weight, dim=1, eps=self.eps)) for b in self.blocks], dim=1)
+
+    def imprinted_rows(self, class_means: Tensor) -> Tensor:
+        """LUCIR's imprinted rows ``normalise(μ_c) · mean_{j old} ‖W_j‖₂`` ``[n_new, in_features]``.
+
+        ``class_means`` ``[n_new, in_features]``: per new class, the mean of its L2-normalised
+        features from the network *before* training on the new task (e.g.
+        :func:`~cil_models.normalized_class_means`; the rows are renormalised here). Hou et al.,
+        CVPR 2019, Sec. 3.2 / official ``class_incremental_cosine_cifar100.py`` ("imprint
+        weights"); no equal-count assumption, so long-tailed classes are fine. Without old rows
+        the imprinted rows have unit norm.
+        """
+        if not isinstance(class_means, Tensor) or class_means.dim() != 2:
+            raise ModelConfigError(
+                f"class_means must be a tensor [n_new, {self.in_features}], got {type(class_means).__name__} "
+                f"{list(getattr(class_means, 'shape', []))}"
+            )
+        means = _checked_rows("class_means", class_means, (class_means.shape[0], self.in_features))
+        norms = torch.linalg.vector_norm(means, dim=1)
+        if means.shape[0] == 0 or not bool((norms > 0).all()) or not bool(torch.isfinite(means).all()):
+            raise ModelConfigError(
+                "class_means must be finite with one nonzero row per new class (a zero row is a class "
+                "without samples)"
+            )
+        scale = self._mean_row_norm()
+        unit = F.normalize(means, dim=1, eps=self.eps)
+        return unit if scale is None else unit * scale
+
+    def expand_imprinted(self, class_means: Tensor) -> None:
+        """Append a task whose rows are :meth:`imprinted_rows` of ``class_means`` (LUCIR)."""
+        self.expand(int(class_means.shape[0]), weight=self.imprinted_rows(class_means))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", learn_scale={self.learn_scale}"
