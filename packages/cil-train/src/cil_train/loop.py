@@ -286,8 +286,9 @@ class Trainer:
             pos = pos[self.info.rank :: self.info.world_size]
         pos = pos.to(self.device)
         data = ctx.data
-        batch = Batch(x=self._to_input(self.augment(data.x[pos], generator=aug_gen)), y=data.y[pos],
-                      is_memory=data.is_memory[pos])
+        x = self._to_input(self.augment(data.x[pos], generator=aug_gen)) if ctx.stage.augment else \
+            self._normalize(data.x[pos])
+        batch = Batch(x=x, y=data.y[pos], is_memory=data.is_memory[pos])
         with self._autocast():
             loss, figures = loss_fn(ctx, batch)
         opt = ctx.optimizer

@@ -126,6 +126,8 @@ class Stage:
         sampler: ``sampler(ctx) -> Sampler``; None: uniform batches over the training positions.
         parameters: ``parameters(model) -> iterable of parameters`` to train; None: all that require grad.
         loss: ``loss(ctx, batch) -> (loss, figures)``; None: the method's ``loss``.
+        augment: augment the batches with the data source's policy (False: normalisation only, as BiC's
+            bias-correction stage).
     """
 
     name: str
@@ -140,6 +142,7 @@ class Stage:
     sampler: Callable[["PhaseContext"], Sampler] | None = None
     parameters: Callable[[torch.nn.Module], Any] | None = None
     loss: Callable[..., Any] | None = None
+    augment: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0 or self.schedule not in SCHEDULES:
