@@ -4,7 +4,8 @@ Forward + backward, batch 256 (``--batch``), C = 100 and 1000 classes (``--class
 ratio against a plain reference timed in the same run, round-robin (median of ``--repeats`` rounds
 after warm-up), so that the noise of a shared machine hits both sides alike.
 
-    hatch run bench losses                  # full table (about a minute)
+    hatch run bench losses                  # full tables (about two minutes)
+    python tools/bench.py losses --sections step      # only table 4: DGR in a whole ResNet-32 training step
     hatch run bench losses --quick          # a few-second smoke run
     python tools/bench.py losses --json out.json
     python tools/bench.py losses --sections dgr --classes 1000 --breakdown   # only section 3, with 3b
@@ -19,13 +20,20 @@ step), which shows what the order of the calls in a race costs it.
 ``--runs N`` measures everything N times in a row and prints, per figure, the median over the runs and
 its range: on a shared machine a single run's ratios move by 10-15 %.
 
+Section ``step`` (table 4) times a whole training step of ResNet-32 at batch 128 (``--step-batch``): forward,
+teacher forward, losses, backward, DGR reweighting, SGD step, with DGR (``GradientReweighter`` + regularised
+softmax + DAKD) against the same step with plain CE + KD, side by side: ``--step-pairs`` pairs of rounds, each
+pair running the two steps in both orders; the median over the pairs of each pair's ratio.
+
 Goals (issue 3): BalancedS-CE ≤ 1.3× CE; fused task-wise KD ≥ 3× faster than the loop at 50 tasks;
-vectorised DGR step ≥ 10× faster than the per-row reference at C = 1000.
+vectorised DGR step ≥ 10× faster than the per-row reference at C = 1000. Issue 18: DGR's whole training step
+(ResNet-32, batch 128) ≤ 1.10× the CE + KD step at C = 100 and C = 1000.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import importlib.util
 import json
@@ -397,8 +405,132 @@ def bench_dgr_rewrite(classes: int, dim: int, repeats: int, target_s: float, ref
             "vectorised_s": times["vectorised"], "speedup": times["per_row"] / times["vectorised"]}
 
 
+# --------------------------------------------------------------------------- 4. DGR in a whole training step
+class _BasicBlock(torch.nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.shortcut = torch.nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(torch.nn.Module):
+    """The CIFAR ResNet of He et al. (6n + 2 layers: 16/32/64 channels, ``n`` basic blocks per stage; n = 5 is
+    ResNet-32, 0.46 M parameters), a 64-d feature vector and a linear head. Written here so that the benchmark
+    needs torch only."""
+
+    def __init__(self, num_classes: int, n: int = 5) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(16),
+                                        torch.nn.ReLU())
+        blocks, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                blocks.append(_BasicBlock(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.blocks = torch.nn.Sequential(*blocks)
+        self.head = torch.nn.Linear(64, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _step_candidates(batch: int, classes: int, depth_n: int) -> dict[str, Callable[[], None]]:
+    """The two training steps of table 4 on the same batch: ``plain`` (CE + KD) and ``dgr``.
+
+    The last phase of 10 tasks (``num_old = 0.9·C``), a long-tailed phase (memory of 20 per old class, new classes
+    500 → 5), ResNet-32 student and teacher (the teacher frozen, eval mode, forward under ``no_grad`` in both), SGD
+    with momentum 0.9 and weight decay 5e-4. Each step has its own copy of the student and its own optimiser.
+    """
+    g = torch.Generator().manual_seed(4)
+    torch.manual_seed(4)
+    num_old = classes * 9 // 10
+    num_new = classes - num_old
+    T = 2.0
+    student = CifarResNet(classes, depth_n)
+    teacher = CifarResNet(num_old, depth_n).eval().requires_grad_(False)
+    x = torch.randn(batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    original = torch.full((num_old,), 500.0)
+    memory = torch.full((num_old,), 20.0)
+    new_counts = torch.tensor([max(5.0, 500.0 * 100 ** (-i / max(1, num_new - 1))) for i in range(num_new)])
+    counts = torch.cat([memory, new_counts])
+    n_seen, n_new = float(original.sum()), float(new_counts.sum())
+    kd_weight = L.dgr_kd_weight(n_seen, n_new)
+    offsets = L.regularized_softmax_offsets(counts)
+    lost = original - memory
+    models = {"plain": student, "dgr": copy.deepcopy(student)}
+    optimisers = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+                  for name, m in models.items()}
+    reweighter = L.GradientReweighter()
+    reweighter.start_phase(classes, num_old, n_seen, n_new)
+
+    def plain() -> None:
+        model, opt = models["plain"], optimisers["plain"]
+        logits = model(x)
+        with torch.no_grad():
+            soft = F.softmax(teacher(x) / T, dim=1)
+        kd = -(soft * F.log_softmax(logits[:, :num_old] / T, dim=1)).sum(dim=1).mean()
+        loss = F.cross_entropy(logits, y) + kd_weight * T * T * kd
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def dgr() -> None:
+        model, opt = models["dgr"], optimisers["dgr"]
+        z_ce, z_kd = reweighter(model.features(x), model.head.weight, model.head.bias)
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        loss = (L.logit_adjusted_cross_entropy(z_ce, y, offsets)
+                + kd_weight * T * T * L.dakd_loss(z_kd, teacher_logits, lost, T))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return {"plain": plain, "dgr": dgr}
+
+
+def bench_step(batch: int, classes: int, pairs: int, depth_n: int = 5) -> dict:
+    """DGR's whole training step / the CE + KD step, paired: each pair of rounds times the two steps in both
+    orders (CE + KD first, then DGR first), so that whatever the first or second call of a round pays cancels;
+    the pair's ratio is the geometric mean of its two rounds' ratios. Reported: the median pair ratio, its range,
+    and the median step times."""
+    steps = _step_candidates(batch, classes, depth_n)
+    for fn in steps.values():                                     # warm-up (allocator, autograd, kernels)
+        fn()
+        fn()
+    times: dict[str, list[float]] = {"plain": [], "dgr": []}
+    ratios = []
+    for _ in range(pairs):
+        pair = 1.0
+        for order in (("plain", "dgr"), ("dgr", "plain")):
+            this = {}
+            for name in order:
+                start = time.perf_counter()
+                steps[name]()
+                this[name] = time.perf_counter() - start
+                times[name].append(this[name])
+            pair *= this["dgr"] / this["plain"]
+        ratios.append(pair ** 0.5)
+    return {"classes": classes, "batch": batch, "depth": 6 * depth_n + 2, "pairs": pairs,
+            "plain_s": statistics.median(times["plain"]), "dgr_s": statistics.median(times["dgr"]),
+            "ratio": statistics.median(ratios), "ratio_round_min": min(ratios), "ratio_round_max": max(ratios)}
+
+
 # --------------------------------------------------------------------------- report
-SECTIONS = ("losses", "kd", "dgr")
+SECTIONS = ("losses", "kd", "dgr", "step")
 LEVELS = {
     "dakd": "full step, CE + DAKD",
     "linear": "full step, linear losses",
@@ -419,7 +551,7 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
 #: per section: the figure that a goal or a reader compares (its range is reported over the runs)
 _METRIC = {"losses": "ratio_to_ce", "task_wise_kd": "speedup", "dgr": "speedup", "dgr_breakdown": "per_row_ratio",
-           "dgr_floor": "per_row_ratio", "dgr_after": "per_row_ratio"}
+           "dgr_floor": "per_row_ratio", "dgr_after": "per_row_ratio", "step": "ratio"}
 
 
 def _measure(args: argparse.Namespace, ref, target: float) -> dict[str, list[dict]]:
@@ -443,6 +575,8 @@ def _measure(args: argparse.Namespace, ref, target: float) -> dict[str, list[dic
                                  "per_row_ratio": by_part["per_row"] / floor}]
             out["dgr_after"] = bench_dgr_after_other_work(args.batch, max(args.classes), args.feature_dim,
                                                           args.repeats, ref)
+    if "step" in args.sections:
+        out["step"] = [bench_step(args.step_batch, c, args.step_pairs, args.step_depth_n) for c in args.step_classes]
     return out
 
 
@@ -474,6 +608,8 @@ def _goals(tables: dict[str, list[dict]]) -> list[tuple[str, bool]]:
         rows = [r for r in tables["dgr"] if r["classes"] == 1000 and r["losses"] == kind]
         if rows:
             goals.append((f"vectorised DGR >= 10x per-row at C=1000 ({label})", all(r["speedup"] >= 10 for r in rows)))
+    for r in tables["step"]:
+        goals.append((f"DGR whole step <= 1.10x CE+KD step at C={r['classes']}", r["ratio"] <= 1.10))
     return goals
 
 
@@ -494,6 +630,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="which tables to run: losses (1), kd (2), dgr (3); default all")
     parser.add_argument("--breakdown", action="store_true",
                         help="with section dgr: also time the parts of the vectorised step (CE + DAKD, largest C)")
+    parser.add_argument("--step-classes", type=int, nargs="+", default=[100, 1000],
+                        help="section step: numbers of classes (default 100 and 1000)")
+    parser.add_argument("--step-batch", type=int, default=128, help="section step: batch size (default 128)")
+    parser.add_argument("--step-pairs", type=int, default=5,
+                        help="section step: pairs of rounds, each timing both steps in both orders (default 5)")
+    parser.add_argument("--step-depth-n", type=int, default=5,
+                        help="section step: basic blocks per stage of the CIFAR ResNet (5: ResNet-32)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's allocator settings alone (default: steady_malloc(), see its docstring)")
     args = parser.parse_args(argv)
@@ -502,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     steady = False if args.default_malloc else steady_malloc()
     if args.quick:
         args.classes, args.tasks, args.repeats = [100], [10], 3
+        args.step_classes, args.step_batch, args.step_pairs, args.step_depth_n = [100], 8, 1, 1
     torch.set_num_threads(args.threads)
     ref = _references()
     target = 0.001 if args.quick else 0.005
@@ -551,6 +695,19 @@ def main(argv: list[str] | None = None) -> int:
                      [[AFTER[r["before"]], f"{r['seconds'] * 1e3:.3f}", ratio(r, "per_row_ratio", 1)]
                       for r in tables["dgr_after"]])
 
+    if tables["step"]:
+        depth = tables["step"][0]["depth"]
+        _print_table(f"4. DGR in a whole training step (ResNet-{depth}, batch {args.step_batch}: forward, teacher "
+                     f"forward, losses, backward, reweighting, SGD step) vs the same step with CE + KD; "
+                     f"median over {args.step_pairs} pairs of rounds (both orders)",
+                     ["C", "CE + KD ms", "DGR ms", "DGR / CE+KD", "range over pairs"],
+                     [[str(r["classes"]), f"{r['plain_s'] * 1e3:.1f}", f"{r['dgr_s'] * 1e3:.1f}", ratio(r, "ratio", 3),
+                       f"{r['ratio_round_min']:.3f}-{r['ratio_round_max']:.3f}"] for r in tables["step"]])
+        per_row = {r["classes"]: r for r in tables["dgr"] if r["losses"] == "dakd"}
+        if per_row:
+            print("   beside it, table 3 (classifier step alone, CE + DAKD): vectorised DGR is "
+                  + ", ".join(f"{ratio(r, 'speedup', 1)} faster than per-row at C={c}" for c, r in per_row.items()))
+
     goals = _goals(tables)
     per_run = [dict(_goals(run)) for run in runs]
 
@@ -568,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": args.runs, "steady_malloc": steady,
             "losses": tables["losses"], "task_wise_kd": tables["task_wise_kd"], "dgr": tables["dgr"],
             "dgr_breakdown": tables["dgr_breakdown"], "dgr_floor": tables["dgr_floor"], "dgr_after": tables["dgr_after"],
+            "step": tables["step"],
             "goals": {name: ok for name, ok in goals},
             "goals_met_in_runs": {name: sum(run[name] for run in per_run) for name, _ in goals},
         }

@@ -32,6 +32,9 @@ def test_quick_benchmark_writes_json(tmp_path, bench):
     assert {row["tasks"] for row in data["task_wise_kd"]} == {10}
     assert {row["losses"] for row in data["dgr"]} == {"dakd", "linear", "rewrite"}
     assert all(row["speedup"] > 0 for row in data["dgr"])
+    (step,) = data["step"]                                   # DGR in a whole training step (quick: ResNet-8)
+    assert step["classes"] == 100 and step["depth"] == 8 and step["ratio"] > 0
+    assert "DGR whole step <= 1.10x CE+KD step at C=100" in data["goals"]
 
 
 @pytest.mark.skipif(not BENCH.exists(), reason="tools/bench_losses.py is not part of this checkout")
