@@ -10,6 +10,7 @@ from cil_data import (
     RatioPreservingSampler,
     balanced_validation_split,
     class_balanced_indices,
+    validation_split_at_most,
 )
 
 
@@ -101,3 +102,24 @@ def test_balanced_validation_split() -> None:
     assert torch.equal(v2, v3) and torch.equal(t2, t3)
     with pytest.raises(DataError, match="class 2 has 3 samples"):
         balanced_validation_split(labels, 3, 0)
+
+
+def test_validation_split_at_most_keeps_one_training_sample_of_every_class() -> None:
+    # classes with 1, 2, 3 and 20 samples; 2 requested per class
+    labels = torch.tensor([0] * 1 + [1] * 2 + [2] * 3 + [3] * 20 + [5] * 2)
+    split = validation_split_at_most(labels, 2, torch.Generator().manual_seed(0))
+    assert split.held_out.tolist() == [0, 1, 2, 2, 0, 1]
+    assert torch.bincount(labels[split.val], minlength=6).tolist() == [0, 1, 2, 2, 0, 1]
+    assert torch.bincount(labels[split.train], minlength=6).tolist() == [1, 1, 1, 18, 0, 1]
+    assert split.reduced == {0: 0, 1: 1, 5: 1}
+    assert sorted(torch.cat([split.train, split.val]).tolist()) == list(range(len(labels)))
+    line = split.describe(2)
+    assert "0 for class 0" in line and "1 for classes 1, 5" in line
+    assert validation_split_at_most(torch.tensor([0] * 5 + [1] * 5), 2, 0).describe(2) == ""
+
+
+def test_validation_split_at_most_equals_the_strict_split_when_every_class_has_enough() -> None:
+    labels = torch.tensor([0] * 20 + [1] * 5 + [2] * 3 + [4] * 8)
+    train, val = balanced_validation_split(labels, 2, torch.Generator().manual_seed(3))
+    split = validation_split_at_most(labels, 2, torch.Generator().manual_seed(3))
+    assert torch.equal(train, split.train) and torch.equal(val, split.val) and split.reduced == {}

@@ -10,7 +10,13 @@ from .errors import DataError, MemoryFileError, MissingDependencyError
 from .herding import herding_order, herding_select
 from .longtail import long_tail_counts, long_tail_indices
 from .memory import ExemplarMemory
-from .samplers import RatioPreservingSampler, balanced_validation_split, class_balanced_indices
+from .samplers import (
+    RatioPreservingSampler,
+    ValidationSplit,
+    balanced_validation_split,
+    class_balanced_indices,
+    validation_split_at_most,
+)
 from .scenario import IncrementalScenario, Phase, class_order, phase_increments, seed1993_order
 from .sources import (
     ImageFolderSplit,
@@ -41,6 +47,7 @@ __all__ = [
     "MissingDependencyError",
     "Phase",
     "RatioPreservingSampler",
+    "ValidationSplit",
     "__version__",
     "atomic_replace",
     "atomic_write_bytes",
@@ -65,4 +72,5 @@ __all__ = [
     "phase_increments",
     "read_idx",
     "seed1993_order",
+    "validation_split_at_most",
 ]

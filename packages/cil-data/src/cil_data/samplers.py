@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,8 @@ from ._grouping import shuffled_class_groups
 from ._random import as_generator, randperm
 from .errors import DataError
 
-__all__ = ["RatioPreservingSampler", "balanced_validation_split", "class_balanced_indices"]
+__all__ = ["RatioPreservingSampler", "ValidationSplit", "balanced_validation_split", "class_balanced_indices",
+           "validation_split_at_most"]
 
 
 class RatioPreservingSampler:
@@ -141,6 +143,58 @@ def class_balanced_indices(
     return order[starts[cls] + within]
 
 
+@dataclass(frozen=True)
+class ValidationSplit:
+    """The result of :func:`validation_split_at_most`.
+
+    ``train``, ``val``: sorted sample indices. ``held_out``: validation samples per class (int64,
+    ``[max label + 1]``). ``reduced``: ``{class: samples held out}`` for every present class that had too
+    few samples for the requested share (``min(per_class, n_c - 1)``: a class with one sample keeps it for
+    training and has no validation sample)."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    held_out: torch.Tensor
+    reduced: dict[int, int]
+
+    def describe(self, per_class: int) -> str:
+        """One line naming the classes that got fewer than ``per_class`` validation samples ('' if none)."""
+        if not self.reduced:
+            return ""
+        by_count: dict[int, list[int]] = {}
+        for c, k in sorted(self.reduced.items()):
+            by_count.setdefault(k, []).append(c)
+        parts = []
+        for k, classes in sorted(by_count.items()):
+            shown = ", ".join(map(str, classes[:8])) + (f" and {len(classes) - 8} more" if len(classes) > 8 else "")
+            parts.append(f"{k} for class{'es' if len(classes) > 1 else ''} {shown}")
+        return (f"held-out validation: {per_class} per class requested, but some classes have too few samples to "
+                f"keep one for training; held out {'; '.join(parts)}")
+
+
+def validation_split_at_most(
+    labels: torch.Tensor, per_class: int, generator: torch.Generator | int | np.random.Generator
+) -> ValidationSplit:
+    """Hold out ``min(per_class, n_c - 1)`` random samples of every class ``c`` present in ``labels``.
+
+    Every class keeps at least one training sample, so the split never fails on a long tail whose
+    rarest classes have one or two samples; the classes that got fewer than ``per_class`` are reported
+    in :attr:`ValidationSplit.reduced`. With enough samples in every class the draw is identical to
+    :func:`balanced_validation_split` with the same generator state.
+    """
+    labels = check_labels(labels, "labels")
+    k = check_int(per_class, "per_class", 1)
+    if labels.numel() == 0:
+        raise DataError("labels is empty: nothing to split")
+    num_classes = int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=num_classes)
+    quota = torch.clamp(counts - 1, min=0).clamp(max=k)
+    order, rank = shuffled_class_groups(labels, num_classes, as_generator(generator, "generator"))
+    is_val = rank < quota[labels[order]]
+    reduced = {int(c): int(quota[c]) for c in torch.nonzero((counts > 0) & (quota < k)).flatten()}
+    return ValidationSplit(torch.sort(order[~is_val]).values, torch.sort(order[is_val]).values, quota, reduced)
+
+
 def balanced_validation_split(
     labels: torch.Tensor, per_class: int, generator: torch.Generator | int | np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +202,8 @@ def balanced_validation_split(
     class present in ``labels``, drawn at random (Meta BalancedS-CE's class-balanced set ``B_t``).
 
     Both index tensors are sorted. Every class must keep at least one training sample, i.e. have more
-    than ``per_class`` samples; otherwise a :class:`DataError` names it.
+    than ``per_class`` samples; otherwise a :class:`DataError` names it (:func:`validation_split_at_most`
+    holds out fewer samples of such classes instead).
     """
     labels = check_labels(labels, "labels")
     k = check_int(per_class, "per_class", 1)
@@ -163,6 +218,5 @@ def balanced_validation_split(
             f"class {c} has {int(counts[c])} samples, so {k} validation samples per class would leave it none for "
             f"training; use per_class ≤ {int(counts[counts > 0].min()) - 1}"
         )
-    order, rank = shuffled_class_groups(labels, num_classes, as_generator(generator, "generator"))
-    is_val = rank < k
-    return torch.sort(order[~is_val]).values, torch.sort(order[is_val]).values
+    split = validation_split_at_most(labels, k, generator)
+    return split.train, split.val

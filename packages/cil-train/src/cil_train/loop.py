@@ -64,6 +64,7 @@ class Trainer:
         self.evaluation = tuple(dict.fromkeys(self.method.evaluation + (("nme",) if cfg.nme else ())))
         self.extract = Extractor(self.device, cfg.eval_batch_size, self._normalize, self._autocast)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.memory_file: str | None = None  # the memory file the run stands on (checkpoints name it)
         self.records: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
         self._last_prediction: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -121,6 +122,7 @@ class Trainer:
         self.records, self.elapsed_before = ckpt.records, ckpt.elapsed
         if self.memory is not None and ckpt.memory_file:
             self.memory = ExemplarMemory.load(ckpt.memory_file, expect_class_order=list(self.scenario.class_order))
+            self.memory_file = ckpt.memory_file
         first = ckpt.phase + 1 if ckpt.phase_complete else ckpt.phase
         resume = None if ckpt.phase_complete else ckpt
         where = f", stage {ckpt.stage + 1}, epoch {ckpt.epochs_done + 1}" if resume else ""
@@ -152,17 +154,24 @@ class Trainer:
             self.method.load_state_dict(resume.method)
         phase_losses = list(resume.phase_losses) if resume is not None else []
         stages = self.method.stages(ctx)
-        for k, stage in enumerate(stages):
-            if resume is None or k >= resume.stage:
-                here = resume if (resume is not None and k == resume.stage) else None
-                self._run_stage(ctx, k, stage, k == len(stages) - 1, aug_gen, phase_losses, here, run_start)
+        first_after = next((k for k, s in enumerate(stages) if s.after_memory), len(stages))
+        done = resume.stage if resume is not None else 0
+        self._run_stages(ctx, stages, range(max(done, 0), first_after), aug_gen, phase_losses, resume, run_start)
         train_seconds = time.perf_counter() - phase_start
-        end_figures = self.method.end_phase(ctx)
-        memory_file = self._update_memory(model, data, phase)
+        end_figures: dict[str, float] = {}
+        if done < first_after or resume is None:  # a resume inside an after-memory stage is past the update
+            end_figures = self.method.end_phase(ctx)
+            self._update_memory(model, data, phase)
+        if first_after < len(stages):  # stages on the updated memory alone (balanced finetuning)
+            ctx.data = self._memory_data()
+            started = time.perf_counter()
+            self._run_stages(ctx, stages, range(max(done, first_after), len(stages)), aug_gen, phase_losses, resume,
+                             run_start)
+            train_seconds += time.perf_counter() - started
         self._record_phase(ctx, phase, data, phase_losses, end_figures, table, phase_start, train_seconds)
         self._save(Checkpoint(config=self.cfg.to_dict(), phase=t, phase_complete=True, net=model.checkpoint_state(),
                               records=self.records, elapsed=self.elapsed_before + time.perf_counter() - run_start,
-                              memory_file=memory_file, stage=len(stages), step=ctx.step,
+                              memory_file=self.memory_file, stage=len(stages), step=ctx.step,
                               method=self.method.state_dict(), phase_losses=phase_losses))
         if self.info.is_main:
             if self.memory is not None and t > 0:
@@ -182,8 +191,12 @@ class Trainer:
         train, val = torch.arange(len(y_cpu)), torch.arange(0)
         held_out = self.method.held_out_per_class(phase)
         if held_out:
+            # at most n_c - 1 per class: a tail class with 1 or 2 images keeps one for training (logged)
             split_gen = torch.Generator().manual_seed(self.cfg.seed * 15485863 + phase.index)
-            train, val = cil_data.balanced_validation_split(y_cpu, held_out, split_gen)
+            split = cil_data.validation_split_at_most(y_cpu, held_out, split_gen)
+            train, val = split.train, split.val
+            if split.reduced:
+                self.log(f"phase {phase.index + 1}: {split.describe(held_out)}")
         return PhaseData(x=torch.cat(xs).to(self.device), y=y_cpu.to(self.device),
                          is_memory=torch.cat(mem).to(self.device), train=train, val=val, new_x=new_x, new_y=new_y)
 
@@ -210,7 +223,20 @@ class Trainer:
         self.log(f"phase {phase.index + 1}/{self.scenario.num_phases}: classes {phase.num_old}..{phase.num_seen - 1} "
                  f"({phase.num_new} new), {data.num_new_images} new images + {data.num_exemplars} exemplars{held}")
 
-    # -- one stage ---------------------------------------------------------------------------------------
+    # -- stages ------------------------------------------------------------------------------------------
+    def _run_stages(self, ctx: PhaseContext, stages: list[Stage], indices: range, aug_gen: torch.Generator,
+                    phase_losses: list[float], resume: Checkpoint | None, run_start: float) -> None:
+        for k in indices:
+            here = resume if (resume is not None and k == resume.stage) else None
+            self._run_stage(ctx, k, stages[k], k == len(stages) - 1, aug_gen, phase_losses, here, run_start)
+
+    def _memory_data(self) -> PhaseData:
+        """The updated memory alone (every seen class), for stages that run after the memory update."""
+        x, y = self.memory.images, self.memory.labels
+        everything = torch.arange(len(y))
+        return PhaseData(x=x.to(self.device), y=y.to(self.device), is_memory=torch.ones(len(y), dtype=torch.bool,
+                         device=self.device), train=everything, val=everything[:0], new_x=x[:0], new_y=y[:0])
+
     def _run_stage(self, ctx: PhaseContext, k: int, stage: Stage, is_last: bool, aug_gen: torch.Generator,
                    phase_losses: list[float], resume: Checkpoint | None, run_start: float) -> None:
         """Train ``stage`` (continuing from ``resume`` when it stopped inside this stage)."""
@@ -241,7 +267,7 @@ class Trainer:
                 self._save(Checkpoint(
                     config=self.cfg.to_dict(), phase=ctx.t, phase_complete=False, net=ctx.model.checkpoint_state(),
                     records=self.records, elapsed=self.elapsed_before + time.perf_counter() - run_start,
-                    memory_file=self._memory_path(ctx.t - 1).as_posix() if (self.memory is not None and ctx.t) else None,
+                    memory_file=self.memory_file,
                     stage=k, epochs_done=epoch + 1, step=ctx.step,
                     teacher=ctx.teacher.checkpoint_state() if ctx.teacher is not None else None,
                     method=self.method.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
@@ -309,9 +335,10 @@ class Trainer:
         return loss, figures
 
     # -- after training -----------------------------------------------------------------------------------
-    def _update_memory(self, model: IncrementalNet, data: PhaseData, phase: cil_data.Phase) -> str | None:
+    def _update_memory(self, model: IncrementalNet, data: PhaseData, phase: cil_data.Phase) -> None:
+        """Herding (or random selection) of the new classes into the memory, saved as this phase's file."""
         if self.memory is None:
-            return None
+            return
         path = self._memory_path(phase.index)
         if self.info.is_main:
             herding = self.cfg.memory_selection == "herding"
@@ -322,7 +349,7 @@ class Trainer:
         barrier(self.info)
         if not self.info.is_main:
             self.memory = ExemplarMemory.load(path, expect_class_order=list(self.scenario.class_order))
-        return str(path)
+        self.memory_file = str(path)
 
     def _record_phase(self, ctx: PhaseContext, phase: cil_data.Phase, data: PhaseData, phase_losses: list[float],
                       end_figures: dict[str, float], table: PhaseTable, phase_start: float,
