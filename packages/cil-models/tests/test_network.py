@@ -220,7 +220,7 @@ def test_checkpoint_errors():
     state = net.checkpoint_state()
     with pytest.raises(CheckpointError, match="state\\['format'\\] must be 'cil_models.IncrementalNet'"):
         IncrementalNet.from_checkpoint_state({**state, "format": "other"})
-    with pytest.raises(CheckpointError, match="state\\['version'\\] must be 1"):
+    with pytest.raises(CheckpointError, match="state\\['version'\\] must be one of \\[1, 2\\]"):
         IncrementalNet.from_checkpoint_state({**state, "version": 99})
     with pytest.raises(CheckpointError, match="missing the keys \\['task_sizes'\\]"):
         IncrementalNet.from_checkpoint_state({k: v for k, v in state.items() if k != "task_sizes"})
@@ -237,7 +237,7 @@ def test_expand_to_and_constructor_errors():
     assert net.task_sizes == [3, 2, 4] and net.bias_correction.num_tasks == 3
     with pytest.raises(HeadStateError, match="do not start with"):
         net.expand_to([2, 2])
-    with pytest.raises(ModelConfigError, match="head must be one of 'linear', 'cosine'; got 'mlp'"):
+    with pytest.raises(ModelConfigError, match="head must be one of 'linear', 'cosine', 'local-similarity'; got 'mlp'"):
         IncrementalNet("resnet8", head="mlp")
     with pytest.raises(ModelConfigError, match="unknown backbone name 'vit'"):
         IncrementalNet("vit")
