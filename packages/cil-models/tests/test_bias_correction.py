@@ -105,3 +105,46 @@ def test_only_newest_slice_changes_in_newest_mode():
     out = layer(logits, [0, 2, 3, 8])
     assert torch.equal(out[:, :3], logits[:, :3])
     assert not torch.equal(out[:, 3:], logits[:, 3:])
+
+
+def test_beta_penalty_is_the_official_0_05_beta_squared():
+    layer = BiasCorrection()
+    with pytest.raises(HeadStateError, match="no task yet"):
+        layer.beta_penalty()
+    layer.add_tasks_to(2)
+    with torch.no_grad():
+        layer.beta[0].fill_(3.0)
+        layer.beta[1].fill_(-2.0)
+        layer.alpha[1].fill_(5.0)
+    penalty = layer.beta_penalty()
+    assert penalty.item() == pytest.approx(0.05 * 4.0)
+    penalty.backward()
+    assert layer.beta[1].grad.item() == pytest.approx(0.1 * -2.0)
+    assert layer.alpha[1].grad is None and layer.beta[0].grad is None  # α unregularised, old pairs untouched
+    assert layer.beta_penalty(0.5).item() == pytest.approx(2.0)
+
+
+def test_bic_phases_inside_a_network_follow_methods_section_9():
+    """Stage 1 of phase t: student uncorrected; teacher's newest group corrected by phase t-1's pair only."""
+    from cil_models import IncrementalNet
+
+    torch.manual_seed(0)
+    net = IncrementalNet("resnet8", in_channels=1, bias_correction="newest")
+    net.expand(4)  # phase 0
+    net.expand(3)  # phase 1
+    with torch.no_grad():  # phase 1, stage 2 fitted (α1, β1)
+        net.bias_correction.alpha[1].fill_(0.5)
+        net.bias_correction.beta[1].fill_(-1.0)
+    teacher = net.frozen_copy()
+    net.expand(2)  # phase 2: a new identity pair
+    x = torch.randn(3, 1, 16, 16)
+    net.eval()
+    with torch.no_grad():
+        raw = net.head(net.features(x))
+        assert torch.equal(net(x), raw)  # the student's logits are not corrected in stage 1
+        old = teacher(x)
+        expected = torch.cat([raw[:, :4], 0.5 * raw[:, 4:7] - 1.0], dim=1)  # only the teacher's newest group
+        torch.testing.assert_close(old, expected)
+    alpha, beta = net.bias_correction.newest_parameters()
+    assert alpha is net.bias_correction.alpha[2] and float(alpha.detach()) == 1.0 and float(beta.detach()) == 0.0
+    assert not any(p is alpha or p is beta for p in net.parameters_without_bias_correction())

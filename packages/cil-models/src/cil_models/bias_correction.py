@@ -17,6 +17,15 @@ optimiser) and earlier pairs are kept. Two ways to apply them (``apply_to=``):
 
 Both are a single vectorised expression (per-class ``α``/``β`` gathered from the per-task
 pairs), differentiable in the logits and the parameters.
+
+How this gives METHODS.md §9 (the official BiC, ``resnet.py: resnet_model_fn``) inside an
+:class:`~cil_models.IncrementalNet` with ``bias_correction="newest"``: expanding the network for
+phase ``t`` appends an identity pair, so the student's logits are uncorrected during stage 1;
+stage 2 trains :meth:`BiasCorrection.newest_parameters` with CE plus
+:meth:`BiasCorrection.beta_penalty` (the code's ``0.1 · ½β² = 0.05·β²``, ``α`` unregularised);
+the teacher of phase ``t+1`` is the frozen copy of the phase-``t`` network, whose newest pair
+(phase ``t``'s) corrects only the teacher's newest group. Pairs of earlier phases are kept in the
+state but not applied (the official code discards them).
 """
 
 from __future__ import annotations
@@ -75,6 +84,12 @@ class BiasCorrection(nn.Module):
     def newest_parameters(self) -> list[nn.Parameter]:
         """``[α, β]`` of the newest task, the ones BiC's second stage trains."""
         return self.task_parameters(-1)
+
+    def beta_penalty(self, coefficient: float = 0.05) -> Tensor:
+        """``coefficient · β²`` of the newest pair (official BiC stage 2: ``0.1 · ½β²``, i.e. 0.05; no term on α)."""
+        if not self.num_tasks:
+            raise HeadStateError("the bias correction has no task yet; call add_task() first")
+        return coefficient * self.beta[-1].square().sum()
 
     def forward(self, logits: Tensor, boundaries: Sequence[int]) -> Tensor:
         """Corrected logits ``[B, C]`` for task ``boundaries = [0, s_0, s_0+s_1, ..., C]``.
