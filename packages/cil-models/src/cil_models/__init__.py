@@ -2,13 +2,17 @@
 
 * Backbones by name (:func:`build_backbone`, :data:`BACKBONES`): CIFAR ResNet-8/20/32/44/56/110
   (He et al., CVPR 2016; ResNet-32 as in iCaRL/LUCIR/PyCIL), ResNet-18 for 32×32 inputs and the
-  torchvision ResNet-18 for ImageNet-size inputs.
+  torchvision ResNet-18 for ImageNet-size inputs; ``stage_features(x)`` (PODNet's stage maps)
+  and the ``last_relu`` (LUCIR) / ``block_relu`` (PODNet) options.
 * Heads made of per-phase blocks: :class:`IncrementalLinear`, :class:`CosineLinear` (LUCIR,
-  Hou et al., CVPR 2019); the BiC layer :class:`BiasCorrection` (Wu et al., CVPR 2019); WA's
-  :func:`weight_align` and :func:`clip_nonnegative_` (Zhao et al., CVPR 2020); iCaRL's
-  :class:`NMEClassifier` (Rebuffi et al., CVPR 2017).
-* :class:`IncrementalNet`: backbone + head with ``expand``, ``frozen_copy``, channels_last and
-  checkpoints that round-trip exactly.
+  Hou et al., CVPR 2019, with imprinting), :class:`LocalSimilarityHead` (PODNet, Douillard et
+  al., ECCV 2020, with :func:`kmeans_proxies` imprinting); the BiC layer :class:`BiasCorrection`
+  (Wu et al., CVPR 2019); WA's :func:`weight_align` and :func:`clip_nonnegative_` (Zhao et al.,
+  CVPR 2020); iCaRL's :class:`NMEClassifier` (Rebuffi et al., CVPR 2017).
+* :class:`IncrementalNet`: feature extractors + head with ``expand``, ``frozen_copy``,
+  channels_last and checkpoints that round-trip exactly; several extractors with
+  ``add_extractor`` / ``freeze_extractors`` / ``keep_only_extractor`` and an auxiliary head
+  (DER, Yan et al., CVPR 2021; FOSTER, Wang et al., ECCV 2022).
 """
 
 from .bias_correction import BiasCorrection
