@@ -43,7 +43,7 @@ def test_declared_dependencies_are_torch_only():
 
 
 def test_version_matches_the_package_metadata_source():
-    assert L.__version__ == "0.1.0"
+    assert L.__version__ == "1.0.0"
 
 
 def test_every_exported_name_exists():

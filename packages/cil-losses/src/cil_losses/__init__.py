@@ -32,7 +32,7 @@ from .jioc import input_coordination_ce, jioc_loss, new_head_suppression
 from .segments import parse_boundaries, segmented_log_softmax
 from .ssil import separated_softmax_cross_entropy
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 
 __all__ = [
     "DEFAULT_MIN_LAMBDA",
