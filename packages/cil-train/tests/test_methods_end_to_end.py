@@ -17,7 +17,7 @@ METRIC_KEYS = {"acc_per_phase", "avg_inc_acc", "last_acc", "acc_matrix", "forget
                "imbalance_score", "many_medium_few", "wall_seconds", "confusion_matrix", "weight_norms"}
 
 VARIANTS = [
-    ("finetune",), ("il-baseline",), ("bsce",), ("bsce-meta", "--meta-interval", "2"), ("bsce-relaxed",), ("lwf",),
+    ("finetune",), ("il-baseline",), ("il-baseline", "--il-correction", "balanced-finetuning"), ("bsce",), ("bsce-meta", "--meta-interval", "2"), ("bsce-relaxed",), ("lwf",),
     ("icarl",), ("icarl-jioc",), ("icarl-jioc", "--jioc", "ic"), ("icarl-jioc", "--jioc", "oc"), ("wa", "--wa-clip"), ("bic", "--bic-bias-epochs", "3"),
     ("ssil", "--ssil-batch-new", "16", "--ssil-batch-memory", "8"), ("dgr",), ("dgr", "--no-dgr-dakd", "--no-dgr-decouple"),
     ("dgr", "--dgr-offsets", "grad"), ("dgr", "--no-dgr-regularized-softmax"),

@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
     from .context import PhaseContext
 
-__all__ = ["ClassBalancedBatches", "RatioPreservingBatches", "Sampler", "ShuffleBatches", "Stage", "make_optimizer"]
+__all__ = ["ClassBalancedBatches", "ClassOversampling", "MemoryOversampling", "RatioPreservingBatches", "Sampler",
+           "ShuffleBatches", "Stage", "make_optimizer"]
 
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -113,6 +114,54 @@ class ClassBalancedBatches:
         pass
 
 
+class MemoryOversampling:
+    """Batches in which new and replayed samples are equally likely (the BalancedS-CE paper's "memory
+    oversampling", Table 6; HOU's ``--rs_ratio`` sampler): ``⌈N_new / (1 − r)⌉`` draws per epoch with
+    replacement, weight 1 on a new sample and ``N_new·r / (N_mem·(1 − r))`` on a replayed one (``r = 1/2``)."""
+
+    def __init__(self, ctx: "PhaseContext", batch_size: int, ratio: float = 0.5) -> None:
+        data = ctx.data
+        self.positions = data.train
+        is_mem = data.is_memory.cpu()[self.positions]
+        n_mem, n_new = int(is_mem.sum()), int((~is_mem).sum())
+        weight_mem = n_new * ratio / (n_mem * (1.0 - ratio)) if n_mem else 0.0
+        self.weights = torch.where(is_mem, weight_mem, 1.0).double()
+        self.draws = math.ceil(n_new / (1.0 - ratio)) if n_mem else n_new
+        self.batch_size, self.generator = batch_size, ctx.generator
+
+    def __len__(self) -> int:
+        return math.ceil(self.draws / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        pick = torch.multinomial(self.weights, self.draws, replacement=True, generator=self.generator)
+        yield from self.positions[pick].split(self.batch_size)
+
+    def state_dict(self) -> None:
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        pass
+
+
+class ClassOversampling(ShuffleBatches):
+    """Every replayed sample repeated ``round(mean new-class count / mean exemplars per old class)`` times
+    (25 for 500 vs 20), then uniform batches: every class about equally likely (the BalancedS-CE paper's
+    "class oversampling", Table 6)."""
+
+    def __init__(self, ctx: "PhaseContext", batch_size: int) -> None:
+        data = ctx.data
+        positions = data.train
+        is_mem = data.is_memory.cpu()[positions]
+        labels = data.y.cpu()[positions]
+        new_counts = torch.bincount(labels[~is_mem])
+        mem_counts = torch.bincount(labels[is_mem]) if bool(is_mem.any()) else torch.zeros(0, dtype=torch.int64)
+        new_mean = new_counts[new_counts > 0].double().mean() if bool((new_counts > 0).any()) else torch.tensor(1.0)
+        mem_mean = mem_counts[mem_counts > 0].double().mean() if bool((mem_counts > 0).any()) else None
+        self.repeat = max(1, int(torch.round(new_mean / mem_mean))) if mem_mean is not None else 1
+        repeated = torch.cat([positions[~is_mem], positions[is_mem].repeat(self.repeat)])
+        super().__init__(repeated, batch_size, ctx.generator)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One training stage of a phase.
@@ -128,6 +177,8 @@ class Stage:
         loss: ``loss(ctx, batch) -> (loss, figures)``; None: the method's ``loss``.
         augment: augment the batches with the data source's policy (False: normalisation only, as BiC's
             bias-correction stage).
+        after_memory: run after the phase's memory update, on the updated memory alone (every seen class
+            with its exemplars: LUCIR's and PODNet's class-balanced finetuning). Such stages come last.
     """
 
     name: str
@@ -143,6 +194,7 @@ class Stage:
     parameters: Callable[[torch.nn.Module], Any] | None = None
     loss: Callable[..., Any] | None = None
     augment: bool = True
+    after_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0 or self.schedule not in SCHEDULES:
