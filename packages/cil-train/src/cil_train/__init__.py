@@ -23,11 +23,12 @@ def run(cfg: RunConfig) -> dict:
     from .cli import default_out_dir
     from .config import check_config
     from .loop import Trainer
+    from .runlock import RunLock
 
     check_config(cfg)
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     cfg = cfg.replace(out=str(out))
-    out.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        atomic_write_json(out / "config.json", {k: v for k, v in cfg.to_dict().items() if k != "resume"})
-    return Trainer(cfg, out).run()
+    with RunLock(out):  # one writer per run folder
+        if not cfg.resume:
+            atomic_write_json(out / "config.json", {k: v for k, v in cfg.to_dict().items() if k != "resume"})
+        return Trainer(cfg, out).run()

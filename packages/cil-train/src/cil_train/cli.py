@@ -2,8 +2,9 @@
 
 The options are generated from :class:`~cil_train.config.RunConfig`, so ``--help`` always shows the
 real defaults. Precedence: defaults < ``--preset`` < options given explicitly. Exit codes: 0 done,
-2 bad configuration or data (one-paragraph message naming the option), 3 the loss diverged,
-130 interrupted (the run can be continued with ``--resume``).
+2 bad configuration or data (one-paragraph message naming the option), 3 the loss diverged, 4 a file of the
+run folder could not be written (disk full; the previous files are intact), 130 interrupted (the run can be
+continued with ``--resume``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from typing import Any, Sequence
 
 import attrs
 
+from cil_data import DataError
+from cil_models import ModelConfigError
+
 from . import __version__
 from .config import RunConfig, check_config, config_fields
-from .errors import ConfigError, TrainingDiverged
+from .checkpoint import atomic_write_json, checkpoint_candidates, load_checkpoint
+from .errors import ConfigError, RunWriteError, TrainingDiverged
 from .methods import all_option_fields, method_class, methods
 from .options import option_name
 from .presets import PRESETS, preset_values
@@ -177,18 +182,63 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def _resume_config(explicit: dict[str, Any]) -> RunConfig:
     folder = Path(explicit["resume"])
     saved = folder / "config.json"
-    if not saved.is_file():
+    if not saved.is_file() and not any(p.is_file() for p in checkpoint_candidates(folder)):
         raise ConfigError(f"--resume {folder}: no config.json there; give the folder of an earlier run "
                           "(it holds config.json and checkpoint.pt).")
     others = sorted(set(explicit) - {"resume", *RESUME_RUNTIME_OPTIONS})
     if others:
         raise ConfigError(f"--resume continues a run with its saved configuration; {', '.join(map(option_name, others))} "
                           f"cannot be changed (only {', '.join(map(option_name, RESUME_RUNTIME_OPTIONS))} can).")
-    values = json.loads(saved.read_text())
+    values = _saved_config(folder)
     values.update({k: v for k, v in explicit.items() if k in RESUME_RUNTIME_OPTIONS})
     values["resume"] = str(folder)
     values["out"] = str(folder)
     return RunConfig.from_dict(values)
+
+
+def _saved_config(folder: Path) -> dict[str, Any]:
+    """The configuration of the run in ``folder``: ``config.json``, checked against the copy in its checkpoint
+    (which carries a checksum). A missing or damaged ``config.json`` is replaced by that copy, with a warning."""
+    saved = folder / "config.json"
+    values: dict[str, Any] | None = None
+    problem = ""
+    try:
+        values = json.loads(saved.read_text(encoding="utf-8"))
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        RunConfig.from_dict({**values, "out": str(folder)})
+    except FileNotFoundError:
+        values, problem = None, "is missing"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ConfigError is a ValueError
+        values, problem = None, f"is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    stored = None
+    for path in checkpoint_candidates(folder):
+        if path.is_file():
+            try:
+                stored = load_checkpoint(path).config
+                break
+            except ConfigError:
+                continue
+    if values is None:
+        if stored is None:
+            raise ConfigError(f"--resume {folder}: {saved} {problem}, and no readable checkpoint holds a copy of the "
+                              "configuration. Restore config.json from a copy, or start the run again.")
+        print(f"cil-train: warning: {saved} {problem}; using the copy of the configuration saved in the checkpoint",
+              file=sys.stderr)
+        atomic_write_json(saved, {k: v for k, v in stored.items() if k not in ("resume",)})
+        return {k: v for k, v in stored.items() if k not in ("resume", "out")}
+    if stored is not None:
+        ignore = {"resume", "out", *RESUME_RUNTIME_OPTIONS}
+        mine = RunConfig.from_dict({**values, "out": str(folder)}).to_dict()
+        theirs = RunConfig.from_dict({**stored, "out": str(folder)}).to_dict()
+        differ = [k for k in mine if k not in ignore and mine[k] != theirs.get(k)]
+        if differ:
+            shown = "; ".join(f"{option_name(k)}: {mine[k]!r} in config.json, {theirs.get(k)!r} in the checkpoint"
+                              for k in differ[:4])
+            raise ConfigError(f"--resume {folder}: config.json differs from the configuration saved in the checkpoint "
+                              f"({shown}): it was edited or damaged. Restore it, or delete it to resume with the "
+                              "checkpoint's configuration.")
+    return values
 
 
 def default_out_dir(cfg: RunConfig) -> Path:
@@ -199,21 +249,47 @@ def default_out_dir(cfg: RunConfig) -> Path:
 
 def _train(argv: Sequence[str]) -> int:
     from .distributed import broadcast_object, init_distributed
-    from .checkpoint import atomic_write_json
     from .loop import Trainer
+    from .runlock import RunLock
 
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     info = init_distributed(cfg.device)
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     out = Path(broadcast_object(str(out), info))
-    if not cfg.resume and (out / "checkpoint.pt").exists():
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose a folder for the run.")
+    created = [p for p in (out, *out.parents) if not p.exists()]  # removed again if nothing gets written
+    lock = RunLock(out)
+    if info.is_main:
+        try:
+            lock.acquire()  # one writer per run folder; refused (exit 2) while another live process holds it
+        except OSError as exc:
+            raise ConfigError(f"--out {out}: the run folder cannot be created or locked ({exc.strerror or exc}).") \
+                from exc
+    try:
+        return _train_locked(cfg, out, info, Trainer)
+    except BaseException:
+        lock.release()
+        if created and info.is_main and out.is_dir() and [p.name for p in out.iterdir()] == ["run.lock"]:
+            (out / "run.lock").unlink(missing_ok=True)  # nothing was written: leave no empty run folder behind
+            for folder in created:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        raise
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg: RunConfig, out: Path, info: Any, Trainer: Any) -> int:
+    if not cfg.resume and any(p.exists() for p in checkpoint_candidates(out)):
         raise ConfigError(f"--out {out} already holds a run (checkpoint.pt); continue it with --resume {out} "
                           "or choose another --out.")
     cfg = cfg.replace(out=str(out))
     trainer = Trainer(cfg, out, info)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
             atomic_write_json(out / "config.json", {k: v for k, v in cfg.to_dict().items() if k != "resume"})
         amp = str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "float32"
@@ -248,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(textwrap.fill(f"cil-train: stopped: {exc}", width=100, break_on_hyphens=False, break_long_words=False), file=sys.stderr)
         return 3
+    except (DataError, ModelConfigError) as exc:  # bad data or model settings found late: still our error
+        print(textwrap.fill(f"cil-train: error: {exc}", width=100, break_on_hyphens=False, break_long_words=False), file=sys.stderr)
+        return 2
+    except RunWriteError as exc:
+        print(textwrap.fill(f"cil-train: stopped: {exc}", width=100, break_on_hyphens=False, break_long_words=False), file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print("\ncil-train: interrupted; continue with --resume RUN_FOLDER", file=sys.stderr)
         return 130

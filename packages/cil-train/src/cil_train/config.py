@@ -217,6 +217,10 @@ def check_config(cfg: RunConfig) -> None:
             f"--data {cfg.data} needs --data-root: the folder (for npz: the file) that holds the data; "
             "nothing is downloaded."
         )
+    from cil_models import BACKBONES
+
+    if cfg.backbone not in BACKBONES:
+        raise ConfigError(f"--backbone {cfg.backbone!r} is not a known backbone: choose one of {', '.join(BACKBONES)}.")
     budget = memory_budget(cfg)
     if method.memory == "required" and budget is None:
         raise ConfigError(

@@ -9,3 +9,15 @@ class ConfigError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: cut short, damaged, foreign, or holding pickled objects."""
+
+
+class RunWriteError(RuntimeError):
+    """A file of the run folder could not be written (disk full, permissions); the previous file is intact."""
+
+
+class RunLockedError(ConfigError):
+    """Another process is training into (or resuming) the same run folder."""

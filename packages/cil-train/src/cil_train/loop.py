@@ -24,13 +24,14 @@ from cil_data import BatchAugment, ExemplarMemory
 from cil_models import IncrementalNet
 
 from . import metrics as M
-from .checkpoint import CHECKPOINT, Checkpoint, atomic_write_json, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT, Checkpoint, atomic_write_json, checkpoint_candidates, load_checkpoint,
+                         remove_temporary_files, save_checkpoint, writing)
 from .config import RunConfig, memory_budget
 from .context import PhaseContext, PhaseData
 from .data import build_scenario, load_dataset
 from .devices import resolve_amp, resolve_device
 from .distributed import DistInfo, allreduce_gradients, barrier, broadcast_buffers
-from .errors import ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .evaluation import Extractor, evaluate_phase, run_summary
 from .methods import Batch, method_class
 from .progress import Progress
@@ -106,28 +107,60 @@ class Trainer:
             result = self._final_metrics(model, self.elapsed_before + time.perf_counter() - start)
             write_reports(self.out, self.cfg, result, plots=self.cfg.plots, log=self.log)
             table.summary(result)
+            if self.memory_file is not None:  # the run is complete: only the last memory file is kept
+                for old in (self.out / "memory").glob("after_phase_*.h5"):
+                    if old.name != Path(self.memory_file).name:
+                        old.unlink(missing_ok=True)
         barrier(self.info)
         return result
 
     def _start(self) -> tuple[IncrementalNet, int, Checkpoint | None]:
         """The network before the first phase to train, that phase, and the checkpoint to continue from."""
-        if not self.cfg.resume:
+        fresh = not self.cfg.resume or not any(p.is_file() for p in checkpoint_candidates(self.out))
+        if fresh:
+            if self.cfg.resume:
+                self.log(f"resuming {self.out}: the run stopped before its first checkpoint; starting it from phase 1")
             torch.manual_seed(self.cfg.seed)
             return self._place(self.method.build_network(self.dataset.image_shape[0])), 0, None
-        path = self.out / CHECKPOINT
-        if not path.is_file():
-            raise ConfigError(f"--resume {self.cfg.resume}: no {CHECKPOINT} in that folder; nothing to resume.")
-        ckpt = load_checkpoint(path)
+        if self.info.is_main:
+            remove_temporary_files(self.out)
+        ckpt, memory = self._load_resume_point()
         model = IncrementalNet.from_checkpoint_state(ckpt.net)
         self.records, self.elapsed_before = ckpt.records, ckpt.elapsed
-        if self.memory is not None and ckpt.memory_file:
-            self.memory = ExemplarMemory.load(ckpt.memory_file, expect_class_order=list(self.scenario.class_order))
-            self.memory_file = ckpt.memory_file
+        if memory is not None:
+            self.memory, self.memory_file = memory
         first = ckpt.phase + 1 if ckpt.phase_complete else ckpt.phase
         resume = None if ckpt.phase_complete else ckpt
         where = f", stage {ckpt.stage + 1}, epoch {ckpt.epochs_done + 1}" if resume else ""
         self.log(f"resuming {self.out} at phase {first + 1}/{self.scenario.num_phases}{where}")
         return self._place(model), first, resume
+
+    def _load_resume_point(self) -> tuple[Checkpoint, tuple[ExemplarMemory, str] | None]:
+        """The newest checkpoint that loads together with its exemplar memory: ``checkpoint.pt``, else the
+        previous one (``checkpoint.prev.pt``, said in the log); a clear error naming each file otherwise."""
+        problems: list[str] = []
+        for path in checkpoint_candidates(self.out):
+            if not path.is_file():
+                problems.append(f"{path.name} is missing")
+                continue
+            try:
+                ckpt = load_checkpoint(path)
+                memory = None
+                if self.memory is not None and ckpt.memory_file:
+                    # memory files live in RUN/memory/: found there also when the run folder was moved or copied
+                    mem_path = self.out / "memory" / Path(ckpt.memory_file).name
+                    memory = (ExemplarMemory.load(mem_path, expect_class_order=list(self.scenario.class_order)),
+                              str(mem_path))
+            except (CheckpointError, cil_data.DataError, FileNotFoundError) as exc:
+                problems.append(str(exc))
+                continue
+            if problems:
+                self.log(f"warning: {'; '.join(problems)}. Resuming from the previous checkpoint {path} instead "
+                         f"(phase {ckpt.phase + 1}{'' if ckpt.phase_complete else f', epoch {ckpt.epochs_done}'}).")
+            return ckpt, memory
+        raise CheckpointError(
+            f"--resume {self.out}: no checkpoint there can be resumed: {'; '.join(problems)}. Restore the damaged "
+            f"file from a copy, or start the run again (a new --out).")
 
     # -- one phase ------------------------------------------------------------------------------------
     def _run_phase(self, t: int, model: IncrementalNet, resume: Checkpoint | None, table: PhaseTable,
@@ -174,8 +207,8 @@ class Trainer:
                               memory_file=self.memory_file, stage=len(stages), step=ctx.step,
                               method=self.method.state_dict(), phase_losses=phase_losses))
         if self.info.is_main:
-            if self.memory is not None and t > 0:
-                self._memory_path(t - 1).unlink(missing_ok=True)
+            if self.memory is not None and t > 1:  # t-1's file stays: the previous checkpoint may need it
+                self._memory_path(t - 2).unlink(missing_ok=True)
             atomic_write_json(self.out / "metrics.json", {"complete": False, "phases": self.records})
         return model
 
@@ -345,7 +378,8 @@ class Trainer:
             feats = self.extract(model, data.new_x, "features").cpu() if herding else None
             gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + phase.index)
             self.memory.update(data.new_x, data.new_y, feats, phase.num_seen, generator=gen)
-            self.memory.save(path)
+            with writing(path, "exemplar memory"):
+                self.memory.save(path)
         barrier(self.info)
         if not self.info.is_main:
             self.memory = ExemplarMemory.load(path, expect_class_order=list(self.scenario.class_order))
