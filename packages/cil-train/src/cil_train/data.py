@@ -44,7 +44,8 @@ def load_dataset(cfg: RunConfig) -> ImageDataset | LazyImageDataset:
                 return cil_data.load_image_folder(root, image_size=cfg.image_size, num_workers=workers)
             return cil_data.open_image_folder(root, image_size=cfg.image_size, num_workers=workers)
     except DataError as exc:
-        raise ConfigError(f"--data {cfg.data}: {exc}") from exc
+        where = f" (--data-root {root})" if root and str(Path(root).name) not in str(exc) else ""
+        raise ConfigError(f"--data {cfg.data}{where}: {exc}") from exc
     raise ConfigError(f"--data {cfg.data!r} is not known")  # unreachable: validated by RunConfig
 
 
