@@ -262,3 +262,15 @@ def test_expand_imprinted_and_explicit_rows():
     assert torch.equal(linear.head.full_weight(), torch.ones(2, 64))
     with pytest.raises(ModelConfigError, match="expand_imprinted needs a 'cosine' or 'local-similarity' head"):
         linear.expand_imprinted(torch.randn(3, 64))
+
+
+def test_torch_compile_with_frozen_extractors():
+    net = der_net(phases=2, bias_correction="newest")
+    net.train()
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    x = torch.randn(4, 1, 16, 16)
+    out = compiled(x)
+    torch.testing.assert_close(out, net(x))
+    out.sum().backward()
+    assert all(p.grad is None for p in net.extractors[0].parameters())
+    assert all(p.grad is not None for p in net.extractors[1].parameters())
