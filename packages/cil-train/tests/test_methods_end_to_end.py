@@ -21,6 +21,9 @@ VARIANTS = [
     ("icarl",), ("icarl-jioc",), ("icarl-jioc", "--jioc", "ic"), ("icarl-jioc", "--jioc", "oc"), ("wa", "--wa-clip"), ("bic", "--bic-bias-epochs", "3"),
     ("ssil", "--ssil-batch-new", "16", "--ssil-batch-memory", "8"), ("dgr",), ("dgr", "--no-dgr-dakd", "--no-dgr-decouple"),
     ("dgr", "--dgr-offsets", "grad"), ("dgr", "--no-dgr-regularized-softmax"),
+    ("lucir",), ("lucir", "--lucir-cbf", "--lucir-cbf-epochs", "1"), ("lucir-bsce",), ("lucir-bsce-relaxed",),
+    ("podnet", "--podnet-proxies", "3", "--podnet-finetune-epochs", "1"), ("podnet-bsce", "--podnet-nca", "paper"),
+    ("podnet-bsce-relaxed", "--podnet-proxies", "2"),
 ]
 
 
