@@ -17,6 +17,8 @@ WITH_EXAMPLES = [
     "input_coordination_ce", "jioc_loss", "kd_loss", "logit_adjusted_cross_entropy", "new_head_suppression",
     "output_coordination_kd", "regularized_softmax_offsets", "relaxed_eps_default", "segmented_kd",
     "segmented_log_softmax", "separated_softmax_cross_entropy", "task_wise_kd", "GradientReweighter",
+    "less_forget_loss", "lucir_lambda", "margin_ranking_loss", "pod_flat_loss", "pod_spatial_loss", "podnet_lambdas",
+    "podnet_nca_loss",
 ]
 #: the paper each loss comes from, as its docstring names it
 PAPERS = {
@@ -25,7 +27,9 @@ PAPERS = {
     "logit_adjusted_cross_entropy": "Menon", "new_head_suppression": "IJCAI 2024",
     "output_coordination_kd": "IJCAI 2024", "regularized_softmax_offsets": "CVPR 2024",
     "separated_softmax_cross_entropy": "ICCV 2021", "task_wise_kd": "ICCV 2021", "GradientReweighter": "CVPR 2024",
-    "dgr_kd_weight": "CVPR 2024",
+    "dgr_kd_weight": "CVPR 2024", "less_forget_loss": "CVPR 2019", "lucir_lambda": "CVPR 2019",
+    "margin_ranking_loss": "CVPR 2019", "pod_flat_loss": "ECCV 2020", "pod_spatial_loss": "ECCV 2020",
+    "podnet_lambdas": "ECCV 2020", "podnet_nca_loss": "ECCV 2020",
 }
 
 
@@ -76,7 +80,8 @@ def test_functional_and_module_forms_are_named_alike():
 
 
 def test_keyword_names_are_consistent_across_losses():
-    allowed_first = {"logits"}
+    # losses on features or similarities (LUCIR, PODNet) name their first argument for what it is
+    allowed_first = {"logits", "features", "cosines", "similarities", "student_maps"}
     for name in L.__all__:
         obj = getattr(L, name)
         if not callable(obj) or isinstance(obj, type) or not name.endswith(("_loss", "_cross_entropy", "_kd", "_ce",

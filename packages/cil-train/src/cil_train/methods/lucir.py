@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import torch
 
-from cil_losses import cosine_family as CF
+import cil_losses as CF
 from cil_models import IncrementalNet, normalized_class_means
 
 from ..options import boolean, choice, number, option

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import torch
 
-from cil_losses import cosine_family as CF
+import cil_losses as CF
 from cil_models import IncrementalNet, kmeans_proxies
 
 from ..options import choice, number, option
