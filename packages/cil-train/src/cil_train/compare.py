@@ -1,5 +1,8 @@
 """``cil-train compare RUN...``: one markdown table and one plot over several run folders.
 
+The plot (``comparison.png``) has three panels against the classes seen: the accuracy on all seen
+classes, on the old classes and on the new ones (the mean over each group's seeds).
+
 Runs that differ only by ``--seed`` are grouped; each group shows mean ± standard deviation over its
 seeds. A group is named after its method plus every method option that differs from the default
 (e.g. ``icarl-jioc[jioc=ic]``), or by ``--labels``.
@@ -20,7 +23,7 @@ from cil_data import atomic_write_bytes
 from .checkpoint import atomic_write_json
 from .config import RunConfig
 from .errors import ConfigError
-from .report import fmt, plot_accuracy_curves
+from .report import _matplotlib, _save_figure, fmt
 
 __all__ = ["RunSummary", "group_runs", "load_run", "main", "markdown_table"]
 
@@ -120,12 +123,45 @@ def summary_json(groups: dict[str, list[RunSummary]]) -> dict[str, Any]:
     return out
 
 
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.mean(vals) if vals else None
+
+
 def mean_curve(runs: Sequence[RunSummary]) -> dict[str, Any]:
+    """The group's mean accuracy after each phase, on all seen classes and on the old and the new ones."""
     first = runs[0].metrics
     n = len(first["acc_per_phase"])
-    curves = [r.metrics["acc_per_phase"] for r in runs if len(r.metrics["acc_per_phase"]) == n]
-    acc = [statistics.mean(c[i] for c in curves) for i in range(n)]
-    return {"phases": first["phases"], "acc_per_phase": acc, "avg_inc_acc": sum(acc) / n}
+    same = [r.metrics for r in runs if len(r.metrics["acc_per_phase"]) == n]
+    acc = [statistics.mean(m["acc_per_phase"][i] for m in same) for i in range(n)]
+    return {"phases": first["phases"], "acc_per_phase": acc, "avg_inc_acc": sum(acc) / n,
+            "old_acc": [_mean_or_none([m["old_acc"][i] for m in same]) for i in range(n)],
+            "new_acc": [_mean_or_none([m["new_acc"][i] for m in same]) for i in range(n)]}
+
+
+def plot_comparison(curves: Sequence[tuple[str, dict[str, Any]]], path: Path, title: str = "") -> bool:
+    """Three panels over the classes seen: accuracy on all seen classes, on the old classes, on the new ones."""
+    plt = _matplotlib()
+    if plt is None:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    panels = (("acc_per_phase", "all seen classes"), ("old_acc", "old classes"), ("new_acc", "new classes"))
+    for ax, (key, name) in zip(axes, panels):
+        for label, m in curves:
+            classes = [p["num_classes"] for p in m["phases"]]
+            values = [float("nan") if v is None else v for v in m[key]]
+            shown = f"{label} (avg {m['avg_inc_acc']:.1f})" if key == "acc_per_phase" else label
+            ax.plot(classes, values, marker="o", label=shown)
+        ax.set_title(f"accuracy on {name}", fontsize=10)
+        ax.set_xlabel("classes seen")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 accuracy (%)")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,8 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = f"## {args.title}\n\n" if args.title else ""
     atomic_write_bytes(out / "comparison.md", (title + table).encode("utf-8"))
     atomic_write_json(out / "comparison.json", summary_json(groups))
-    plotted = plot_accuracy_curves([(lab, mean_curve(rs)) for lab, rs in groups.items()], out / "comparison.png",
-                                   args.title)
+    plotted = plot_comparison([(lab, mean_curve(rs)) for lab, rs in groups.items()], out / "comparison.png",
+                              args.title)
     print(title + table, end="")
     print(f"wrote {out}/comparison.md, comparison.json" + (", comparison.png" if plotted else " (no plot: matplotlib missing)"))
     return 0

@@ -131,6 +131,9 @@ class RunConfig:
                          group="output")
     progress: str = option("progress output: bar (on a terminal), line (one line per epoch), none",
                            choice("auto", "bar", "line", "none"), "auto", group="output")
+    log: str = option("extra log beside metrics.json/.csv: none, or tensorboard (event files in RUN/tensorboard: "
+                      "losses, learning rate, accuracies, accuracy matrix; pip install 'cil-train[tensorboard]')",
+                      choice("none", "tensorboard"), "none", group="output")
     # -- the method's own options (an instance of its Options class; defaults when not given) --
     method_options: Any = attrs.field(default=None, eq=True, metadata={"group": "internal"})
 
@@ -235,4 +238,8 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError("--increments and --base-classes are exclusive: --increments already fixes the first phase.")
     if cfg.amp == "fp16" and not cfg.device.startswith("cuda") and cfg.device != "auto":
         raise ConfigError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or --amp off.")
+    if cfg.log == "tensorboard":
+        from .tblog import check_tensorboard
+
+        check_tensorboard()
     method.check_options(cfg)

@@ -37,6 +37,7 @@ from .methods import Batch, method_class
 from .progress import Progress
 from .report import PhaseTable, write_reports
 from .stages import Stage, make_optimizer
+from .tblog import TensorBoardLog
 
 __all__ = ["Trainer", "resolve_amp", "resolve_device"]
 
@@ -66,6 +67,8 @@ class Trainer:
         self.extract = Extractor(self.device, cfg.eval_batch_size, self._normalize, self._autocast)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.memory_file: str | None = None  # the memory file the run stands on (checkpoints name it)
+        self.tb: TensorBoardLog | None = None  # --log tensorboard
+        self._epoch_figures: dict[str, float] = {}
         self.records: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
         self._last_prediction: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -97,6 +100,17 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         start = time.perf_counter()
         model, first_phase, resume = self._start()
+        if self.cfg.log == "tensorboard" and self.info.is_main:  # events after the checkpoint are written again
+            self.tb = TensorBoardLog(self.out / "tensorboard",
+                                     purge_step=self._epochs_done(resume.phase_losses if resume else []) + 1)
+        try:
+            return self._run_phases(model, first_phase, resume, start)
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+
+    def _run_phases(self, model: IncrementalNet, first_phase: int, resume: Checkpoint | None,
+                    start: float) -> dict[str, Any]:
         table = PhaseTable(self.log, "nme" in self.evaluation)
         for rec in self.records:
             table.row(rec)
@@ -107,12 +121,18 @@ class Trainer:
             result = self._final_metrics(model, self.elapsed_before + time.perf_counter() - start)
             write_reports(self.out, self.cfg, result, plots=self.cfg.plots, log=self.log)
             table.summary(result)
+            if self.tb is not None:
+                self.tb.final(self._epochs_done([]), result)
             if self.memory_file is not None:  # the run is complete: only the last memory file is kept
                 for old in (self.out / "memory").glob("after_phase_*.h5"):
                     if old.name != Path(self.memory_file).name:
                         old.unlink(missing_ok=True)
         barrier(self.info)
         return result
+
+    def _epochs_done(self, phase_losses: list[float]) -> int:
+        """Epochs trained so far in the run (all stages of all phases): the x-axis of the TensorBoard log."""
+        return sum(len(r["epoch_losses"]) for r in self.records) + len(phase_losses)
 
     def _start(self) -> tuple[IncrementalNet, int, Checkpoint | None]:
         """The network before the first phase to train, that phase, and the checkpoint to continue from."""
@@ -293,6 +313,8 @@ class Trainer:
         for epoch in range(first_epoch, stage.epochs):
             ctx.epoch = epoch
             phase_losses.append(self._train_epoch(ctx, stage, sampler, loss_fn, params, aug_gen))
+            if self.tb is not None:
+                self.tb.epoch(self._epochs_done(phase_losses), self._epoch_figures)
             sched.step()
             broadcast_buffers(ctx.model, self.info)
             every = self.cfg.checkpoint_every
@@ -337,6 +359,7 @@ class Trainer:
                                    f"stopped and {kept}. Try a smaller --lr, --amp off, or check the data.")
         means = {key: float(value) / max(n_steps, 1) for key, value in figure_sums.items()}
         progress.close(loss=mean_loss, **means, lr=ctx.current_lr())
+        self._epoch_figures = {"loss": mean_loss, **means, "lr": ctx.current_lr()}
         return mean_loss
 
     def _train_step(self, ctx: PhaseContext, pos: torch.Tensor, loss_fn: Callable, params: list,
@@ -401,6 +424,8 @@ class Trainer:
             **{key: float(value) for key, value in end_figures.items()},
         )
         self.records.append(rec)
+        if self.tb is not None:
+            self.tb.phase(self._epochs_done([]), rec)
         table.row(rec)
 
     def _final_metrics(self, model: IncrementalNet, wall: float) -> dict[str, Any]:

@@ -14,11 +14,12 @@ from typing import Any, Callable, Sequence
 
 from cil_data import atomic_write_bytes
 
-from .checkpoint import atomic_write_json
+from .checkpoint import atomic_write_json, writing
 
 __all__ = ["PhaseTable", "fmt", "plot_accuracy_curves", "write_reports"]
 
 PLOTS = ("accuracy.png", "accuracy_matrix.png", "confusion_matrix.png", "weight_norms.png")
+MAX_NAMED_CLASSES = 50  # beyond this, plots label classes by index (names would not be readable)
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
@@ -90,7 +91,8 @@ def _matplotlib() -> Any:
 def _save_figure(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    with writing(path, "plot"):
+        atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_accuracy_curves(runs: Sequence[tuple[str, dict[str, Any]]], path: Path, title: str = "") -> bool:
@@ -156,8 +158,16 @@ def _plots(out: Path, result: dict[str, Any], title: str) -> None:
     for b in np.cumsum(result["increments"])[:-1]:
         ax.axhline(b - 0.5, color="white", lw=0.5)
         ax.axvline(b - 0.5, color="white", lw=0.5)
-    ax.set_xlabel("predicted class (incremental order)")
-    ax.set_ylabel("true class")
+    names = result.get("class_names") or []
+    if names and len(names) == cm.shape[0] and cm.shape[0] <= MAX_NAMED_CLASSES:  # the source's class names
+        size = 7 if cm.shape[0] <= 20 else 5
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=size)
+        ax.set_yticks(range(len(names)), names, fontsize=size)
+        ax.set_xlabel("predicted class (incremental order)")
+        ax.set_ylabel("true class")
+    else:
+        ax.set_xlabel("predicted class (incremental index)")
+        ax.set_ylabel("true class (incremental index)")
     ax.set_title("confusion matrix after the last phase, log(1+x)", fontsize=10)
     fig.colorbar(im, ax=ax)
     _save_figure(fig, out / "confusion_matrix.png")
@@ -167,6 +177,8 @@ def _plots(out: Path, result: dict[str, Any], title: str) -> None:
     task_of = np.repeat(np.arange(len(result["increments"])), result["increments"])[: len(norms)]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.bar(np.arange(len(norms)), norms, color=plt.cm.tab10(task_of % 10), width=0.9)
+    if names and len(names) == len(norms) and len(norms) <= MAX_NAMED_CLASSES:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7 if len(names) <= 20 else 5)
     ax.set_xlabel("class (incremental order; colour = task)")
     ax.set_ylabel("‖W_c‖₂")
     ax.set_title("classifier weight norm per class after the last phase", fontsize=10)
@@ -178,7 +190,8 @@ def write_reports(out: Path, cfg: Any, result: dict[str, Any], plots: bool = Tru
                   log: Callable[[str], None] = print) -> None:
     """metrics.json (summary + per-phase records), metrics.csv (one row per phase) and the PNG plots."""
     atomic_write_json(out / "metrics.json", result)
-    atomic_write_bytes(out / "metrics.csv", _csv(result["phases"]).encode("utf-8"))
+    with writing(out / "metrics.csv", "file"):
+        atomic_write_bytes(out / "metrics.csv", _csv(result["phases"]).encode("utf-8"))
     if not plots:
         return
     if _matplotlib() is None:
