@@ -162,6 +162,8 @@ def test_kmeans_proxies_per_class_on_normalised_features():
     assert torch.equal(alone[0], kmeans(unit, 4, generator=torch.Generator().manual_seed(3)))
     with pytest.raises(ModelConfigError, match="at least one sample per class"):
         kmeans_proxies(features, labels, 3, 4)
+    with pytest.raises(ModelConfigError, match=r"labels must lie in \[0, 1\]"):
+        kmeans_proxies(features, labels - 1, 2, 4)
 
 
 def test_network_with_local_similarity_head():

@@ -222,10 +222,12 @@ def kmeans_proxies(
         raise ModelConfigError(
             f"labels must be an integer tensor [N] with N = {features.shape[0]}, got {list(getattr(labels, 'shape', []))}"
         )
-    counts = torch.bincount(labels.long().cpu(), minlength=num_classes)
-    if counts.numel() > num_classes or bool((counts == 0).any()) or int(labels.min()) < 0:
+    in_range = labels.numel() > 0 and int(labels.min()) >= 0 and int(labels.max()) < num_classes
+    counts = torch.bincount(labels.long().cpu(), minlength=num_classes) if in_range else None
+    if counts is None or bool((counts == 0).any()):
         raise ModelConfigError(
-            f"labels must lie in [0, {num_classes - 1}] with at least one sample per class; counts {counts.tolist()}"
+            f"labels must lie in [0, {num_classes - 1}] with at least one sample per class; "
+            f"counts {None if counts is None else counts.tolist()}"
         )
     unit = F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=1, eps=eps)
     labels = labels.to(unit.device)

@@ -296,15 +296,11 @@ class IncrementalNet(nn.Module):
         and checkpoints until :meth:`remove_aux_head`. :meth:`forward` does not use it.
         """
         positive_int("out_features", out_features)
-        reference = self.extractor_dims[-1]
-        head = IncrementalLinear(reference)
+        head = IncrementalLinear(self.extractor_dims[-1])
         head.expand(out_features)
-        block = head.blocks[0]
-        param = next(self.head.parameters(), None)
-        if param is not None:
-            block = block.to(device=param.device, dtype=param.dtype)
-        self.aux_head = block
-        return block
+        reference = self.head.blocks[-1].weight if len(self.head.blocks) else self.head._placement
+        self.aux_head = head.blocks[0].to(device=reference.device, dtype=reference.dtype)
+        return self.aux_head
 
     def remove_aux_head(self) -> None:
         """Drop the auxiliary head (DER discards it after each phase)."""
