@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import torch
 
-import cil_losses as CF
+import cil_losses as L
 from cil_models import IncrementalNet, normalized_class_means
 
 from ..options import boolean, choice, number, option
@@ -99,9 +99,9 @@ class LUCIR(Method):
             return ce, {"ce": ce.detach()}
         with torch.no_grad():
             teacher_feats = ctx.teacher.features(batch.x)
-        lf = CF.lucir_lambda(ctx.num_old, ctx.num_new, o.lucir_lambda_base) * CF.less_forget_loss(
+        lf = L.lucir_lambda(ctx.num_old, ctx.num_new, o.lucir_lambda_base) * L.less_forget_loss(
             feats.float(), teacher_feats.float())
-        mr = o.lucir_mr_weight * CF.margin_ranking_loss(cos, batch.y, ctx.num_old, o.lucir_margin, o.lucir_k,
+        mr = o.lucir_mr_weight * L.margin_ranking_loss(cos, batch.y, ctx.num_old, o.lucir_margin, o.lucir_k,
                                                         pair_reduction=o.lucir_mr_reduction, check_targets=False)
         return ce + lf + mr, {"ce": ce.detach(), "lf": lf.detach(), "mr": mr.detach()}
 

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import torch
 
-import cil_losses as CF
+import cil_losses as L
 from cil_models import IncrementalNet, kmeans_proxies
 
 from ..options import choice, number, option
@@ -108,7 +108,7 @@ class PODNet(Method):
                             target: torch.Tensor) -> torch.Tensor:
         o = self.options
         if self.classification == "nca":
-            return CF.podnet_nca_loss(similarities, target, scale, o.podnet_margin, mode=o.podnet_nca,
+            return L.podnet_nca_loss(similarities, target, scale, o.podnet_margin, mode=o.podnet_nca,
                                       check_targets=False)
         return balanced_classification(self.classification, ctx, scale * similarities, target,
                                        getattr(o, "relaxed_eps", None))
@@ -122,9 +122,9 @@ class PODNet(Method):
             return cls, {"cls": cls.detach()}
         with torch.no_grad():
             teacher_maps, teacher_feats = ctx.teacher.stage_features(batch.x)
-        lam_f, lam_c = CF.podnet_lambdas(ctx.num_seen, ctx.num_new, o.podnet_flat, o.podnet_spatial)
-        flat = lam_f * CF.pod_flat_loss(feats.float(), teacher_feats.float())
-        spatial = lam_c * CF.pod_spatial_loss([m.float() for m in maps], [m.float() for m in teacher_maps])
+        lam_f, lam_c = L.podnet_lambdas(ctx.num_seen, ctx.num_new, o.podnet_flat, o.podnet_spatial)
+        flat = lam_f * L.pod_flat_loss(feats.float(), teacher_feats.float())
+        spatial = lam_c * L.pod_spatial_loss([m.float() for m in maps], [m.float() for m in teacher_maps])
         return cls + flat + spatial, {"cls": cls.detach(), "flat": flat.detach(), "spatial": spatial.detach()}
 
     def end_phase(self, ctx) -> dict[str, float]:
