@@ -1,7 +1,9 @@
 """Named protocols: paper setups pinned as option values, and small presets sized for a CPU.
 
-A preset is a set of option values; options given explicitly on the command line override it.
-Sources of each protocol are in the ``source`` line of its entry (``METHODS.md`` §1–§5 restates them).
+A preset is a set of option values; options given explicitly on the command line override it. A protocol
+may also pin a method's own schedule (``per_method``): the papers train LUCIR and PODNet with their own
+epochs, schedules and loss weights on the same split, and those values apply when that method runs.
+Sources of each protocol are in the ``source`` line of its entry (``METHODS.md`` §1–§11 restates them).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ __all__ = ["PRESETS", "Preset", "preset_names", "preset_values"]
 
 
 class Preset(dict):
-    """Option values of a protocol, with a one-line description and its source."""
+    """Option values of a protocol, with a one-line description, its source and per-method values."""
 
-    def __init__(self, description: str, source: str, **values: Any) -> None:
+    def __init__(self, description: str, source: str, per_method: dict[str, dict[str, Any]] | None = None,
+                 **values: Any) -> None:
         super().__init__(values)
         self.description = description
         self.source = source
+        self.per_method = per_method or {}
 
 
 _CIFAR_LT = dict(
@@ -30,7 +34,26 @@ _B50 = dict(
     data="cifar100", imbalance=1.0, order="seed1993", base_classes=50, backbone="resnet32", memory_per_class=20,
     epochs=250, lr=0.1, lr_schedule="step", lr_steps=(100, 150, 200), weight_decay=2e-4, batch_size=128,
 )
-_BSCE_SRC = "Jodelet et al., CVIU 2022 (BalancedS-CE) §4.1; METHODS.md §1"
+_BSCE_SRC = "Jodelet et al., CVIU 2022 (BalancedS-CE) §4.1; METHODS.md §1, §7, §8"
+# LUCIR's and PODNet's own CIFAR schedules (official scripts; shared/methods/cosine-family.md §1.3, §2.3),
+# shared by their BalancedS-CE variants (the paper changes the loss only)
+_LUCIR_CIFAR = dict(epochs=160, lr=0.1, lr_schedule="step", lr_steps=(80, 120), weight_decay=5e-4, batch_size=128,
+                    lucir_lambda_base=5.0)
+_PODNET_CIFAR = dict(epochs=160, lr=0.1, lr_schedule="cosine", lr_steps=None, weight_decay=5e-4, batch_size=128,
+                     podnet_flat=1.0, podnet_spatial=3.0, podnet_finetune_lr=0.05)
+_COSINE_CIFAR = {**{m: _LUCIR_CIFAR for m in ("lucir", "lucir-bsce", "lucir-bsce-relaxed")},
+                 **{m: _PODNET_CIFAR for m in ("podnet", "podnet-bsce", "podnet-bsce-relaxed")}}
+_LUCIR_IMAGENET = dict(epochs=90, lr=0.1, lr_schedule="step", lr_steps=(30, 60), weight_decay=1e-4, batch_size=128,
+                       lucir_lambda_base=10.0)
+_PODNET_IMAGENET = dict(epochs=90, lr=0.05, lr_schedule="cosine", lr_steps=None, weight_decay=5e-4, batch_size=64,
+                        podnet_flat=10.0, podnet_spatial=8.0, podnet_finetune_lr=0.01)
+_COSINE_IMAGENET = {**{m: _LUCIR_IMAGENET for m in ("lucir", "lucir-bsce", "lucir-bsce-relaxed")},
+                    **{m: _PODNET_IMAGENET for m in ("podnet", "podnet-bsce", "podnet-bsce-relaxed")}}
+_IMAGENET_B50 = dict(
+    data="imagefolder", image_size=224, imbalance=1.0, order="seed1993", base_classes=50, backbone="resnet18",
+    memory_per_class=20, epochs=100, lr=0.1, lr_schedule="step", lr_steps=(30, 60, 80, 90), weight_decay=1e-4,
+    batch_size=256,
+)
 # JIOC's CIFAR10-LT (its Table 1): 5,000 → 206 images per class, i.e. ρ = 5000/206 (16,269 images with the
 # floor of the exp profile; the paper's table says 16,271). PyCIL settings: ResNet-32, batch 128, lr 0.1.
 _JIOC = dict(
@@ -39,6 +62,13 @@ _JIOC = dict(
     batch_size=128,
 )
 _JIOC_SRC = "JIOC, IJCAI 2024 §4.1 (CIFAR10-LT, T = 5, N_old fixed); iCaRL settings of PyCIL"
+
+_GLYPHS_B50 = dict(data="npz", data_root="../shared/data/glyphs100.npz", imbalance=1.0, order="seed1993",
+                   base_classes=50, phases=6, memory_per_class=20, backbone="resnet8", epochs=5, base_epochs=10,
+                   batch_size=64, augment="crop")
+_COSINE_CPU = {**{m: dict(lr_schedule="step", lr_steps=(3, 4)) for m in ("lucir", "lucir-bsce", "lucir-bsce-relaxed")},
+               **{m: dict(lr_schedule="cosine", lr_steps=None) for m in ("podnet", "podnet-bsce",
+                                                                          "podnet-bsce-relaxed")}}
 
 PRESETS: dict[str, Preset] = {
     # -- paper protocols -----------------------------------------------------------------------
@@ -59,11 +89,21 @@ PRESETS: dict[str, Preset] = {
     "cifar100-lt-lfh10-ordered": Preset("CIFAR-100-LT ρ=100, ordered, 50 base + 10 tasks of 5", _DGR_SRC,
                                         order="ordered", base_classes=50, phases=11, **_CIFAR_LT),
     "cifar100-b50-s5": Preset("CIFAR-100 (balanced), 50 base classes + 5 steps, 20 exemplars/class", _BSCE_SRC,
-                              phases=6, **_B50),
+                              _COSINE_CIFAR, phases=6, **_B50),
     "cifar100-b50-s10": Preset("CIFAR-100, 50 base classes + 10 steps, 20 exemplars/class", _BSCE_SRC,
-                               phases=11, **_B50),
+                               _COSINE_CIFAR, phases=11, **_B50),
     "cifar100-b50-s25": Preset("CIFAR-100, 50 base classes + 25 steps, 20 exemplars/class", _BSCE_SRC,
-                               phases=26, **_B50),
+                               _COSINE_CIFAR, phases=26, **_B50),
+    "cifar100-b50-s5-m0": Preset("CIFAR-100, 50 base classes + 5 steps, no memory (Relaxed BalancedS-CE, Table 3)",
+                                 _BSCE_SRC, _COSINE_CIFAR, phases=6, **{**_B50, "memory_per_class": 0}),
+    "cifar100-b50-s10-m0": Preset("CIFAR-100, 50 base classes + 10 steps, no memory", _BSCE_SRC, _COSINE_CIFAR,
+                                  phases=11, **{**_B50, "memory_per_class": 0}),
+    "cifar100-b50-s25-m0": Preset("CIFAR-100, 50 base classes + 25 steps, no memory", _BSCE_SRC, _COSINE_CIFAR,
+                                  phases=26, **{**_B50, "memory_per_class": 0}),
+    "imagenet-subset-b50-s5": Preset("ImageNet-Subset (ImageFolder of 100 classes), 50 base + 5 steps, 20/class",
+                                     _BSCE_SRC, _COSINE_IMAGENET, phases=6, **_IMAGENET_B50),
+    "imagenet-subset-b50-s10": Preset("ImageNet-Subset, 50 base + 10 steps, 20/class", _BSCE_SRC, _COSINE_IMAGENET,
+                                      phases=11, **_IMAGENET_B50),
     "cifar10-lt-m1000": Preset("CIFAR-10-LT (5000→206), 5 tasks of 2 classes, fixed memory 1,000", _JIOC_SRC,
                                memory_total=1000, **_JIOC),
     "cifar10-lt-m1500": Preset("CIFAR-10-LT, 5 tasks of 2 classes, fixed memory 1,500", _JIOC_SRC,
@@ -98,6 +138,14 @@ PRESETS: dict[str, Preset] = {
                                    data_root="../shared/data/glyphs100.npz", imbalance=100.0, order="ordered",
                                    phases=10, memory_per_class=20, backbone="resnet8", epochs=15, batch_size=64,
                                    augment="crop"),
+    # BalancedS-CE's Table 1 / Table 3 shape on glyphs100 (balanced, half base + 5 steps), CPU-sized: the papers'
+    # 160-250 epochs on 500 images per class scaled to 5 epochs of 841 images per class (ResNet-8), the base phase
+    # twice as long; every method gets the same epochs (LUCIR/PODNet keep their schedule shapes and loss weights).
+    "glyphs100-b50-s5": Preset("glyphs100 npz balanced, 50 base classes + 5 steps of 10, 20/class (CPU-sized)",
+                               "BalancedS-CE B50 protocol on glyphs100", _COSINE_CPU, **_GLYPHS_B50),
+    "glyphs100-b50-s5-m0": Preset("glyphs100 npz balanced, 50 base classes + 5 steps, no memory (CPU-sized)",
+                                  "BalancedS-CE Table 3 protocol on glyphs100", _COSINE_CPU,
+                                  **{**_GLYPHS_B50, "memory_per_class": 0}),
 }
 
 
@@ -105,9 +153,11 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def preset_values(name: str) -> dict[str, Any]:
+def preset_values(name: str, method: str | None = None) -> dict[str, Any]:
+    """The option values of preset ``name``, with ``method``'s own values where the protocol pins them."""
     from .errors import ConfigError
 
     if name not in PRESETS:
         raise ConfigError(f"--preset {name!r} is not known: choose one of {', '.join(PRESETS)}.")
-    return dict(PRESETS[name])
+    preset = PRESETS[name]
+    return {**preset, **preset.per_method.get(method, {})}
