@@ -1,3 +1,3 @@
 """Importing this module registers the methods that ship with cil-train."""
 
-from . import bic, bsce_meta, dgr, finetune, icarl, il_baseline, lucir, lwf, podnet, ssil, wa  # noqa: F401
+from . import bic, bsce_meta, der, dgr, finetune, foster, icarl, il_baseline, lucir, lwf, podnet, ssil, wa  # noqa: F401
