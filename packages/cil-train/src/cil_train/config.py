@@ -71,6 +71,9 @@ class RunConfig:
                               group="data")
     profile: str = option("long-tail profile over the class ranking (original labels)", choice("exp", "step"), "exp",
                           group="data")
+    images_per_class: int | None = option(
+        "n_max of the long tail: training images kept for the head class (with --imbalance 1: for every class, a "
+        "balanced subset); default: the smallest class's count", number(1, optional=True, integer=True), group="data")
     lt_seed: int = option("seed of the long-tail subsampling (fixed across --seed, as in the papers)",
                           number(0, integer=True), 0, group="data")
     phases: int = option("number of phases (with --base-classes: the base phase plus phases-1 equal steps)",

@@ -54,9 +54,9 @@ def build_scenario(cfg: RunConfig, dataset: ImageDataset) -> IncrementalScenario
     c = dataset.num_classes
     try:
         train_idx = None
-        if cfg.imbalance > 1.0:
+        if cfg.imbalance > 1.0 or cfg.images_per_class is not None:
             train_idx = cil_data.long_tail_indices(
-                dataset.train_labels, cfg.imbalance, profile=cfg.profile, seed=cfg.lt_seed
+                dataset.train_labels, cfg.imbalance, profile=cfg.profile, seed=cfg.lt_seed, n_max=cfg.images_per_class
             )
         order = cil_data.class_order(list(cfg.order) if isinstance(cfg.order, tuple) else cfg.order, c)
         increments = cil_data.phase_increments(
