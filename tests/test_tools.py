@@ -74,3 +74,27 @@ def test_dgr_ab_benchmark_against_a_git_revision(tmp_path):
     assert set(figures["vectorised_s"]) == {"this checkout", "HEAD"} and figures["per_row_s"] > 0
     bad = _run("tools/bench_dgr_ab.py", "no-such-revision", "--rounds", "1")
     assert bad.returncode == 2 and "cannot read packages/cil-losses" in bad.stderr
+
+
+def test_claims_table_in_the_readme_is_what_the_results_give():
+    done = _run("tools/claims.py", "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_claim_verdicts():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("claims", ROOT / "tools" / "claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    v = claims.verdict
+    assert v({1: 80.0, 2: 81.0, 3: 82.0}, {1: 70.0, 2: 71.5, 3: 72.0}, 1.0)["verdict"] == "holds"
+    assert v({1: 70.0, 2: 71.0, 3: 72.0}, {1: 80.0, 2: 81.0, 3: 82.5}, 1.0)["verdict"] == "reversed"
+    assert v({1: 70.0, 2: 71.0, 3: 72.0}, {1: 80.0, 2: 81.0, 3: 82.5}, -1.0)["verdict"] == "holds"  # lower is better
+    noisy = v({1: 70.0, 2: 75.0, 3: 72.0}, {1: 71.0, 2: 72.0, 3: 73.0}, 1.0)
+    assert noisy["verdict"] == "within noise" and noisy["signs"] == "−+−"
+    assert v({1: 70.0}, {1: 60.0}, 1.0)["verdict"] == "one seed"
+    assert v({}, {1: 60.0}, 1.0)["verdict"] == "no results"
+    # unequal seed sets: the unpaired standard error
+    unpaired = v({1: 80.0, 2: 81.0}, {2: 70.0, 3: 71.0, 4: 70.5}, 1.0)
+    assert unpaired["verdict"] == "holds" and unpaired["signs"] == "+"
