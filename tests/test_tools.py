@@ -98,3 +98,19 @@ def test_claim_verdicts():
     # unequal seed sets: the unpaired standard error
     unpaired = v({1: 80.0, 2: 81.0}, {2: 70.0, 3: 71.0, 4: 70.5}, 1.0)
     assert unpaired["verdict"] == "holds" and unpaired["signs"] == "+"
+
+
+@pytest.mark.slow
+def test_bench_run_quick_splits_every_phase(tmp_path):
+    out = tmp_path / "run.json"
+    done = _run("tools/bench.py", "run", "--quick", "--methods", "icarl", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    (run,) = figures["runs"]
+    assert run["method"] == "icarl" and len(run["phases"]) == 2
+    first, second = run["phases"]
+    assert first["teacher"] == 0.0 and second["teacher"] > 0.0  # phase 1 has no teacher
+    for phase in run["phases"]:
+        parts = sum(phase[p] for p in ("train", "teacher", "eval", "memory", "checkpoint", "other"))
+        assert abs(parts - phase["total"]) < 1e-6 and phase["eval"] > 0 and phase["memory"] > 0
+    assert "× reference" in done.stdout

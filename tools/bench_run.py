@@ -1,0 +1,196 @@
+"""Whole-run time: one complete cil-train run per method, phase by phase, split into where the time goes.
+
+Each method runs the same fixed protocol (default: the embedded Fashion-MNIST subset as 10 phases of one
+class, ResNet-32, batch 128, 20 exemplars per class, one epoch per phase) through the real ``Trainer``; the
+loop's steps are timed by wrapping them from outside (nothing in cil-train is changed for the benchmark):
+
+* **train** — optimiser steps (forward, loss, backward, step) minus the teacher's part;
+* **teacher** — forwards of the previous phase's network (``teacher_logits``, and ``features`` /
+  ``stage_features`` calls on the teacher);
+* **eval** — evaluation of the phase (CNN and, where the method reports it, NME);
+* **memory** — the memory update (feature extraction for herding, herding, the HDF5 write);
+* **checkpoint** — checkpoint and ``metrics.json`` writes; **other** — the rest of the phase (data on the
+  device, network growth, imprinting, ...).
+
+Training images/s of every phase with a teacher are printed beside the plain reference loop of ``bench loop``
+(DataLoader + per-image transforms, fp32) measured in the same run on the same images.
+
+    hatch run bench run                                   # icarl and dgr, 10 phases of the embedded data
+    hatch run bench run --methods icarl,dgr,lucir --json bench-results/run.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+import cil_data
+from cil_train import RunConfig
+from cil_train import loop as L
+from cil_train.context import PhaseContext
+
+TOOLS = Path(__file__).resolve().parent
+PARTS = ("train", "teacher", "eval", "memory", "checkpoint", "other")
+
+
+class Timers:
+    """Seconds per part of the current phase (nested parts are not double counted: teacher time spent inside
+    a training step is moved from train to teacher)."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = defaultdict(float)
+        self.phases: list[dict[str, float]] = []
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.current[name] += time.perf_counter() - start
+
+
+def _wrap(timers: Timers, name: str, fn):
+    def timed(*args, **kwargs):
+        with timers.part(name):
+            return fn(*args, **kwargs)
+
+    timed.__wrapped__ = fn
+    return timed
+
+
+def instrument(stack: contextlib.ExitStack, timers: Timers) -> None:
+    """Wrap the loop's steps with timers for as long as ``stack`` is open."""
+    patches = [
+        (L.Trainer, "_train_step", "train"), (L.Trainer, "_update_memory", "memory"), (L.Trainer, "_save", "checkpoint"),
+        (L, "evaluate_phase", "eval"), (L, "atomic_write_json", "checkpoint"), (PhaseContext, "teacher_logits", "teacher"),
+    ]
+    for owner, attr, part in patches:
+        original = getattr(owner, attr)
+        setattr(owner, attr, _wrap(timers, part, original))
+        stack.callback(setattr, owner, attr, original)
+    run_phase = L.Trainer._run_phase
+
+    def timed_phase(self, *args, **kwargs):
+        timers.current = defaultdict(float)
+        start = time.perf_counter()
+        try:
+            return run_phase(self, *args, **kwargs)
+        finally:
+            phase = dict(timers.current)
+            phase["total"] = time.perf_counter() - start
+            phase["train"] = phase.get("train", 0.0) - phase.get("teacher", 0.0)
+            phase["other"] = phase["total"] - sum(phase.get(p, 0.0) for p in PARTS if p != "other")
+            timers.phases.append(phase)
+
+    L.Trainer._run_phase = timed_phase
+    stack.callback(setattr, L.Trainer, "_run_phase", run_phase)
+
+
+def _time_teacher_calls(timers: Timers, method) -> None:
+    """Teachers made by the method also time their ``features`` / ``stage_features`` calls."""
+    original = method.make_teacher
+
+    def make_teacher(model):
+        teacher = original(model)
+        for attr in ("features", "stage_features"):
+            if hasattr(teacher, attr):
+                setattr(teacher, attr, _wrap(timers, "teacher", getattr(teacher, attr)))
+        return teacher
+
+    method.make_teacher = make_teacher
+
+
+def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path) -> dict:
+    timers = Timers()
+    cfg = RunConfig(method=method, data="npz", data_root=str(npz), imbalance=1.0, phases=args.phases,
+                    memory_per_class=20, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
+                    seed=args.seed, plots=False, progress="none", out=str(out), device=args.device)
+    with contextlib.ExitStack() as stack:
+        instrument(stack, timers)
+        trainer = L.Trainer(cfg, out, log=lambda _m: None)
+        _time_teacher_calls(timers, trainer.method)
+        start = time.perf_counter()
+        result = trainer.run()
+        wall = time.perf_counter() - start
+    phases = []
+    for rec, t in zip(trainer.records, timers.phases):
+        images = rec["train_images"] + rec["exemplars"]
+        step_time = t.get("train", 0.0) + t.get("teacher", 0.0)
+        phases.append({"phase": rec["phase"], "images": images, "epochs": len(rec["epoch_losses"]),
+                       "img_per_s": images * len(rec["epoch_losses"]) / step_time if step_time else None,
+                       **{p: t.get(p, 0.0) for p in PARTS}, "total": t["total"]})
+    return {"method": method, "wall_s": wall, "avg_inc_acc": result["avg_inc_acc"], "phases": phases}
+
+
+def _bench_loop():
+    spec = importlib.util.spec_from_file_location("bench_loop", TOOLS / "bench_loop.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default="icarl,dgr", help="comma-separated methods (default icarl,dgr)")
+    p.add_argument("--npz", type=Path, help="an npz instead of the embedded data (e.g. ../shared/data/glyphs100.npz)")
+    p.add_argument("--images", type=int, default=6000, help="training images taken from the data (default 6000)")
+    p.add_argument("--phases", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--backbone", default="resnet32")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--quick", action="store_true", help="a smoke run: 600 images, 2 phases, ResNet-8")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images, args.phases, args.backbone = 600, 2, "resnet8"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench_loop = _bench_loop()
+    ds_full = cil_data.load_npz(args.npz) if args.npz else cil_data.load_embedded()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        npz = bench_loop._subset_npz(ds_full, min(args.images, len(ds_full.train_labels)), tmp)
+        ds = cil_data.load_npz(npz)
+        ref = bench_loop.reference_loop(ds, args.backbone, args.epochs, args.batch_size, args.workers, args.seed)
+        runs = [run_method(m, npz, args, tmp / m) for m in args.methods.split(",")]
+    print(f"whole run: {args.phases} phases of {ds_full.name} ({args.images} training images), {args.backbone}, "
+          f"batch {args.batch_size}, {args.epochs} epoch(s) per phase, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}; reference loop {ref['img_per_s']:.0f} img/s")
+    for run in runs:
+        print(f"\n{run['method']}: {run['wall_s']:.1f} s in all, avg. inc. acc {run['avg_inc_acc']:.2f}")
+        print("| phase | images | train s | teacher s | eval s | memory s | checkpoint s | other s | img/s | × reference |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for ph in run["phases"]:
+            ratio = ph["img_per_s"] / ref["img_per_s"] if ph["img_per_s"] else None
+            ph["ratio_to_reference"] = ratio
+            print(f"| {ph['phase']} | {ph['images']} | " + " | ".join(f"{ph[p]:.2f}" for p in PARTS)
+                  + f" | {ph['img_per_s']:.0f} | {ratio:.2f}× |")
+        totals = {p: sum(ph[p] for ph in run["phases"]) for p in PARTS}
+        run["totals"] = totals
+        print("| all | | " + " | ".join(f"{totals[p]:.2f}" for p in PARTS) + " | | |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"benchmark": "run", "reference": ref, "runs": runs, "phases": args.phases,
+                                         "epochs": args.epochs, "backbone": args.backbone, "images": args.images,
+                                         "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                         "python": sys.version.split()[0]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
