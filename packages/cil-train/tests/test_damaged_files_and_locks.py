@@ -267,3 +267,16 @@ def test_the_lock_is_held_in_process_too_and_released_after_the_run(tmp_path):
             RunLock(tmp_path / "r").acquire()
     with RunLock(tmp_path / "r"):  # released: can be taken again
         pass
+
+
+def test_saving_over_a_previous_checkpoint_that_is_a_link_of_the_current_one_leaves_no_temporary_file(tmp_path):
+    """A run killed right after linking the old checkpoint aside leaves both names on one file; the next save
+    must still end with exactly two files (rename() between two links of one file does nothing)."""
+    from cil_train.checkpoint import Checkpoint, save_checkpoint
+
+    ckpt = Checkpoint(config={}, phase=0, phase_complete=True, net={}, records=[], elapsed=0.0)
+    save_checkpoint(tmp_path / CHECKPOINT, ckpt)
+    os.link(tmp_path / CHECKPOINT, tmp_path / PREVIOUS_CHECKPOINT)
+    save_checkpoint(tmp_path / CHECKPOINT, ckpt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT, PREVIOUS_CHECKPOINT])
+    assert load_checkpoint(tmp_path / PREVIOUS_CHECKPOINT).phase == 0

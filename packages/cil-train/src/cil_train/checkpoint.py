@@ -124,6 +124,10 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
                 except OSError:
                     shutil.copyfile(path, tmp)
                 os.replace(tmp, previous)
+                # when `previous` already was a link to the same file (a run killed right after this rename),
+                # rename() does nothing and leaves `tmp`: remove it
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)

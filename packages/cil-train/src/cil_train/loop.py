@@ -136,14 +136,14 @@ class Trainer:
 
     def _start(self) -> tuple[IncrementalNet, int, Checkpoint | None]:
         """The network before the first phase to train, that phase, and the checkpoint to continue from."""
+        if self.cfg.resume and self.info.is_main:
+            remove_temporary_files(self.out)  # of writes a killed run never finished (we hold the run lock)
         fresh = not self.cfg.resume or not any(p.is_file() for p in checkpoint_candidates(self.out))
         if fresh:
             if self.cfg.resume:
                 self.log(f"resuming {self.out}: the run stopped before its first checkpoint; starting it from phase 1")
             torch.manual_seed(self.cfg.seed)
             return self._place(self.method.build_network(self.dataset.image_shape[0])), 0, None
-        if self.info.is_main:
-            remove_temporary_files(self.out)
         ckpt, memory = self._load_resume_point()
         model = IncrementalNet.from_checkpoint_state(ckpt.net)
         self.records, self.elapsed_before = ckpt.records, ckpt.elapsed
