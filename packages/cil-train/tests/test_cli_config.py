@@ -42,7 +42,8 @@ def test_help_lists_every_method_preset_and_option_with_default(capsys):
 def test_expected_methods_are_registered():
     assert set(METHODS) == {"finetune", "il-baseline", "bsce", "bsce-meta", "bsce-relaxed", "lwf", "icarl",
                             "icarl-jioc", "wa", "bic", "ssil", "dgr", "lucir", "lucir-bsce",
-                            "lucir-bsce-relaxed", "podnet", "podnet-bsce", "podnet-bsce-relaxed"}
+                            "lucir-bsce-relaxed", "podnet", "podnet-bsce", "podnet-bsce-relaxed", "der", "der-jioc",
+                            "foster", "foster-jioc"}
 
 
 def test_defaults_are_the_embedded_long_tailed_dgr_run():

@@ -24,6 +24,7 @@ VARIANTS = [
     ("lucir",), ("lucir", "--lucir-cbf", "--lucir-cbf-epochs", "1"), ("lucir-bsce",), ("lucir-bsce-relaxed",),
     ("podnet", "--podnet-proxies", "3", "--podnet-finetune-epochs", "1"), ("podnet-bsce", "--podnet-nca", "paper"),
     ("podnet-bsce-relaxed", "--podnet-proxies", "2"),
+    ("der",), ("der-jioc", "--jioc", "oc"), ("foster", "--foster-compression-epochs", "1"), ("foster-jioc",),
 ]
 
 

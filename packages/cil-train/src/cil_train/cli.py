@@ -144,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         return _resume_config({**explicit, **explicit_method})
     values: dict[str, Any] = {}
     if "preset" in explicit:
-        values.update(preset_values(explicit["preset"]))
+        values.update(preset_values(explicit["preset"], explicit.get("method", RunConfig.__attrs_attrs__.method.default)))
     if "memory_per_class" in explicit and "memory_total" in explicit:
         raise ConfigError("--memory-per-class and --memory-total are exclusive: a memory is either growing "
                           "(N per class) or fixed (N in all). Give one of them.")

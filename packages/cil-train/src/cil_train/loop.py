@@ -187,6 +187,8 @@ class Trainer:
                    run_start: float) -> IncrementalNet:
         phase_start = time.perf_counter()
         phase = self.scenario.phase(t)
+        if resume is not None and self.memory_file and Path(self.memory_file).name == self._memory_path(t).name:
+            self._rewind_memory(t)  # resumed inside a stage after this phase's memory update
         data = self._phase_data(phase)
         gen = torch.Generator().manual_seed(self.cfg.seed * 104729 + t)
         aug_gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1299709 + t * 31 + self.info.rank)
@@ -212,9 +214,11 @@ class Trainer:
         self._run_stages(ctx, stages, range(max(done, 0), first_after), aug_gen, phase_losses, resume, run_start)
         train_seconds = time.perf_counter() - phase_start
         end_figures: dict[str, float] = {}
-        if done < first_after or resume is None:  # a resume inside an after-memory stage is past the update
+        if done < first_after or resume is None:
             end_figures = self.method.end_phase(ctx)
             self._update_memory(model, data, phase)
+        else:  # a resume inside a stage after the memory update: the updated memory is on disk
+            self._load_memory(str(self.out / "memory" / Path(resume.memory_file).name))
         if first_after < len(stages):  # stages on the updated memory alone (balanced finetuning)
             ctx.data = self._memory_data()
             started = time.perf_counter()
@@ -282,6 +286,19 @@ class Trainer:
         for k in indices:
             here = resume if (resume is not None and k == resume.stage) else None
             self._run_stage(ctx, k, stages[k], k == len(stages) - 1, aug_gen, phase_losses, here, run_start)
+
+    def _load_memory(self, path: str) -> None:
+        self.memory = ExemplarMemory.load(path, expect_class_order=list(self.scenario.class_order))
+        self.memory_file = path
+
+    def _rewind_memory(self, t: int) -> None:
+        """The memory as phase ``t`` began (its data and statistics are built from it)."""
+        if t > 0:
+            self._load_memory(str(self._memory_path(t - 1)))
+        else:
+            self.memory = ExemplarMemory(self.memory.budget, selection=self.cfg.memory_selection)
+            self.memory.class_order = list(self.scenario.class_order)
+            self.memory_file = None
 
     def _memory_data(self) -> PhaseData:
         """The updated memory alone (every seen class), for stages that run after the memory update."""
