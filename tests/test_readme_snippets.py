@@ -6,8 +6,8 @@ files a snippet writes land there. A block that must not run is fenced ```text o
 that reads ``../shared/data`` is skipped, with the reason, when that folder is absent (developers and CI only);
 ``../shared`` resolves to the workspace's sibling folder as it does from the repository root.
 
-A README whose blocks do not run yet and that is being reworked elsewhere is marked ``xfail`` below
-(non-strict: it passes once its blocks run); cil-losses, cil-models and cil-train run as written.
+A README whose blocks do not run yet would be marked ``xfail`` in ``XFAIL`` below (non-strict); today every
+package README runs as written.
 """
 
 from __future__ import annotations
@@ -24,11 +24,8 @@ SHARED = ROOT.parent / "shared"
 READMES = sorted(ROOT.glob("packages/*/README.md"))
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
-#: README -> reason: known not to run as written yet (its owner is reworking the package)
-XFAIL = {
-    "cil-data": "its blocks are a reference sheet with placeholder names (x_train, features, g, ...); the package "
-                "and its README are being reworked by their owner, outside the cil-losses change that added this test",
-}
+#: README -> reason: known not to run as written yet
+XFAIL: dict[str, str] = {}
 #: READMEs whose blocks take more than a few seconds (cil-train's runs a real two-phase training, ~40 s on 2 cores)
 SLOW = {"cil-train"}
 
