@@ -34,9 +34,20 @@ def _checkpoint_state(path: Path) -> dict | None:
         return None
 
 
+KILL_CASES = [
+    # dgr: inside the last phase's (only) stage, after two checkpointed epochs
+    pytest.param(("--epochs", "6", "--method", "dgr"), 0, 2, id="dgr-main-stage"),
+    # podnet: inside its classifier finetuning, a stage that runs after the memory update
+    pytest.param(("--epochs", "2", "--method", "podnet", "--podnet-proxies", "3", "--podnet-finetune-epochs", "6"),
+                 1, 2, id="podnet-finetune-after-memory"),
+]
+
+
 @pytest.mark.slow
-def test_sigkill_in_a_later_phase_then_resume_gives_identical_metrics(tiny_argv, strip_timings, tmp_path):
-    extra = ("--epochs", "6", "--threads", "1", "--method", "dgr")
+@pytest.mark.parametrize(("options", "stage", "epochs_done"), KILL_CASES)
+def test_sigkill_in_a_later_phase_then_resume_gives_identical_metrics(tiny_argv, strip_timings, tmp_path, options,
+                                                                      stage, epochs_done):
+    extra = ("--threads", "1", *options)
     reference = tmp_path / "uninterrupted"
     assert main(tiny_argv(reference, *extra)) == 0
 
@@ -48,8 +59,9 @@ def test_sigkill_in_a_later_phase_then_resume_gives_identical_metrics(tiny_argv,
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             state = _checkpoint_state(killed / "checkpoint.pt")
-            # the third (last) phase is under way: at least one of its epochs is checkpointed
-            if state and state["phase"] == 2 and not state["phase_complete"] and state["epochs_done"] >= 2:
+            # the third (last) phase is under way: epochs of the stage are checkpointed
+            if (state and state["phase"] == 2 and not state["phase_complete"] and state.get("stage", 0) == stage
+                    and state["epochs_done"] >= epochs_done):
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()

@@ -65,6 +65,7 @@ class Checkpoint:
     gen: torch.Tensor | None = None
     aug_gen: torch.Tensor | None = None
     phase_losses: list[float] = field(default_factory=list)
+    end_figures: dict[str, float] = field(default_factory=dict)
     version: int = FORMAT_VERSION
 
 

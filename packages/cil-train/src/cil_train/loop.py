@@ -187,6 +187,7 @@ class Trainer:
                    run_start: float) -> IncrementalNet:
         phase_start = time.perf_counter()
         phase = self.scenario.phase(t)
+        self._end_figures: dict[str, float] = {}  # the method's end-of-phase figures (checkpointed once known)
         if resume is not None and self.memory_file and Path(self.memory_file).name == self._memory_path(t).name:
             self._rewind_memory(t)  # resumed inside a stage after this phase's memory update
         data = self._phase_data(phase)
@@ -213,11 +214,11 @@ class Trainer:
         done = resume.stage if resume is not None else 0
         self._run_stages(ctx, stages, range(max(done, 0), first_after), aug_gen, phase_losses, resume, run_start)
         train_seconds = time.perf_counter() - phase_start
-        end_figures: dict[str, float] = {}
         if done < first_after or resume is None:
-            end_figures = self.method.end_phase(ctx)
+            self._end_figures = {key: float(value) for key, value in self.method.end_phase(ctx).items()}
             self._update_memory(model, data, phase)
         else:  # a resume inside a stage after the memory update: the updated memory is on disk
+            self._end_figures = dict(resume.end_figures)
             self._load_memory(str(self.out / "memory" / Path(resume.memory_file).name))
         if first_after < len(stages):  # stages on the updated memory alone (balanced finetuning)
             ctx.data = self._memory_data()
@@ -225,7 +226,7 @@ class Trainer:
             self._run_stages(ctx, stages, range(max(done, first_after), len(stages)), aug_gen, phase_losses, resume,
                              run_start)
             train_seconds += time.perf_counter() - started
-        self._record_phase(ctx, phase, data, phase_losses, end_figures, table, phase_start, train_seconds)
+        self._record_phase(ctx, phase, data, phase_losses, self._end_figures, table, phase_start, train_seconds)
         self._save(Checkpoint(config=self.cfg.to_dict(), phase=t, phase_complete=True, net=model.checkpoint_state(),
                               records=self.records, elapsed=self.elapsed_before + time.perf_counter() - run_start,
                               memory_file=self.memory_file, stage=len(stages), step=ctx.step,
@@ -344,7 +345,8 @@ class Trainer:
                     teacher=ctx.teacher.checkpoint_state() if ctx.teacher is not None else None,
                     method=self.method.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                     sampler=sampler.state_dict(), scaler=self.scaler.state_dict() if self.scaler is not None else None,
-                    gen=ctx.generator.get_state(), aug_gen=aug_gen.get_state(), phase_losses=phase_losses))
+                    gen=ctx.generator.get_state(), aug_gen=aug_gen.get_state(), phase_losses=phase_losses,
+                    end_figures=self._end_figures))
 
     def _train_epoch(self, ctx: PhaseContext, stage: Stage, sampler: Any, loss_fn: Callable, params: list,
                      aug_gen: torch.Generator) -> float:
