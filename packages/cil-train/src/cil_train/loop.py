@@ -69,6 +69,7 @@ class Trainer:
         self.memory_file: str | None = None  # the memory file the run stands on (checkpoints name it)
         self.tb: TensorBoardLog | None = None  # --log tensorboard
         self._epoch_figures: dict[str, float] = {}
+        self._end_figures: dict[str, float] = {}  # the method's end-of-phase figures (checkpointed once known)
         self.records: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
         self._last_prediction: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -187,7 +188,7 @@ class Trainer:
                    run_start: float) -> IncrementalNet:
         phase_start = time.perf_counter()
         phase = self.scenario.phase(t)
-        self._end_figures: dict[str, float] = {}  # the method's end-of-phase figures (checkpointed once known)
+        self._end_figures = {}
         if resume is not None and self.memory_file and Path(self.memory_file).name == self._memory_path(t).name:
             self._rewind_memory(t)  # resumed inside a stage after this phase's memory update
         data = self._phase_data(phase)
