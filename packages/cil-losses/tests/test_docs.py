@@ -18,7 +18,8 @@ WITH_EXAMPLES = [
     "output_coordination_kd", "regularized_softmax_offsets", "relaxed_eps_default", "segmented_kd",
     "segmented_log_softmax", "separated_softmax_cross_entropy", "task_wise_kd", "GradientReweighter",
     "less_forget_loss", "lucir_lambda", "margin_ranking_loss", "pod_flat_loss", "pod_spatial_loss", "podnet_lambdas",
-    "podnet_nca_loss",
+    "podnet_nca_loss", "aux_targets", "auxiliary_loss", "effective_number_weights", "logits_alignment_cross_entropy",
+    "balanced_kd",
 ]
 #: the paper each loss comes from, as its docstring names it
 PAPERS = {
@@ -29,7 +30,8 @@ PAPERS = {
     "separated_softmax_cross_entropy": "ICCV 2021", "task_wise_kd": "ICCV 2021", "GradientReweighter": "CVPR 2024",
     "dgr_kd_weight": "CVPR 2024", "less_forget_loss": "CVPR 2019", "lucir_lambda": "CVPR 2019",
     "margin_ranking_loss": "CVPR 2019", "pod_flat_loss": "ECCV 2020", "pod_spatial_loss": "ECCV 2020",
-    "podnet_lambdas": "ECCV 2020", "podnet_nca_loss": "ECCV 2020",
+    "podnet_lambdas": "ECCV 2020", "podnet_nca_loss": "ECCV 2020", "auxiliary_loss": "CVPR 2021",
+    "effective_number_weights": "ECCV 2022", "logits_alignment_cross_entropy": "ECCV 2022", "balanced_kd": "ECCV 2022",
 }
 
 

@@ -35,6 +35,7 @@ from .dgr import (
     regularized_softmax_offsets,
 )
 from .distillation import kd_loss, output_coordination_kd, segmented_kd, task_wise_kd
+from .expansion import aux_targets, auxiliary_loss, balanced_kd, effective_number_weights, logits_alignment_cross_entropy
 from .errors import LossArgumentError, LossTypeError, PhaseStateError
 from .gradient_reweighting import GradientReweighter, reweighted_linear
 from .jioc import input_coordination_ce, jioc_loss, new_head_suppression
@@ -50,6 +51,9 @@ __all__ = [
     "LossTypeError",
     "PhaseStateError",
     "__version__",
+    "aux_targets",
+    "auxiliary_loss",
+    "balanced_kd",
     "balanced_softmax_cross_entropy",
     "balanced_softmax_offsets",
     "dakd_loss",
@@ -59,11 +63,13 @@ __all__ = [
     "dgr_kd_weight",
     "dgr_loss_balance",
     "dgr_task_balance",
+    "effective_number_weights",
     "input_coordination_ce",
     "jioc_loss",
     "kd_loss",
     "less_forget_loss",
     "logit_adjusted_cross_entropy",
+    "logits_alignment_cross_entropy",
     "lucir_lambda",
     "margin_ranking_loss",
     "new_head_suppression",
