@@ -10,6 +10,7 @@ them under ``"method_options"``. Wrong values fail at construction with a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import attrs
@@ -92,7 +93,10 @@ class RunConfig:
     memory_selection: str = option("exemplar selection", choice("herding", "random"), "herding", group="memory")
     # -- training --------------------------------------------------------------------------
     backbone: str = option("feature extractor: resnet8/20/32/44/56/110 (32×32 family), resnet18-cifar, "
-                           "resnet18 (ImageNet size)", text, "resnet20", group="training")
+                           "resnet18 (ImageNet size), torchvision:<name>, timm:<name> (extra cil-models[timm])", text,
+                           "resnet20", group="training")
+    backbone_weights: str | None = option("a local weight file for the backbone (state dict or .safetensors), loaded "
+                                          "before phase 0; nothing is downloaded", optional_str, group="training")
     epochs: int = option("epochs per phase (with a preset: its --lr-steps are scaled to the same fractions)",
                          number(1, integer=True), 30, group="training")
     base_epochs: int | None = option("epochs of the base phase (default: --epochs); the papers train it longer",
@@ -223,10 +227,16 @@ def check_config(cfg: RunConfig) -> None:
             f"--data {cfg.data} needs --data-root: the folder (for npz: the file) that holds the data; "
             "nothing is downloaded."
         )
-    from cil_models import BACKBONES
+    from cil_models import ModelConfigError
+    from cil_models.registry import check_backbone_name
 
-    if cfg.backbone not in BACKBONES:
-        raise ConfigError(f"--backbone {cfg.backbone!r} is not a known backbone: choose one of {', '.join(BACKBONES)}.")
+    try:
+        check_backbone_name(cfg.backbone)
+    except ModelConfigError as exc:
+        raise ConfigError(f"--backbone {cfg.backbone!r}: {exc}.") from exc
+    if cfg.backbone_weights is not None and not Path(cfg.backbone_weights).is_file():
+        raise ConfigError(f"--backbone-weights {cfg.backbone_weights!r}: no such file (a local state dict or "
+                          ".safetensors file; nothing is downloaded).")
     budget = memory_budget(cfg)
     if method.memory == "required" and budget is None:
         raise ConfigError(

@@ -22,6 +22,7 @@ import torch
 import cil_data
 from cil_data import BatchAugment, ExemplarMemory
 from cil_models import IncrementalNet
+from cil_models.ecosystem import load_backbone_weights
 
 from . import metrics as M
 from .checkpoint import (CHECKPOINT, Checkpoint, atomic_write_json, checkpoint_candidates, load_checkpoint,
@@ -144,7 +145,10 @@ class Trainer:
             if self.cfg.resume:
                 self.log(f"resuming {self.out}: the run stopped before its first checkpoint; starting it from phase 1")
             torch.manual_seed(self.cfg.seed)
-            return self._place(self.method.build_network(self.dataset.image_shape[0])), 0, None
+            net = self.method.build_network(self.dataset.image_shape[0])
+            if self.cfg.backbone_weights:
+                load_backbone_weights(net.backbone, self.cfg.backbone_weights)
+            return self._place(net), 0, None
         ckpt, memory = self._load_resume_point()
         model = IncrementalNet.from_checkpoint_state(ckpt.net)
         self.records, self.elapsed_before = ckpt.records, ckpt.elapsed
