@@ -7,8 +7,9 @@
 Part 1, every method of ``cil_train.methods.methods()``: a 2-phase run (5 + 5 classes of the embedded
 Fashion-MNIST subset, ``--per-class`` training images per class, 20 exemplars per class where the method keeps
 a memory, 2 epochs, batch 128, ResNet-32). The figure is the second phase's training throughput: every image of
-every training step after the first epoch of each stage (``--warmup-epochs``) of that phase (all its stages: boosting + compression, bias correction, balanced
-finetuning, ...) divided by the time of those steps (forward, teacher, losses, backward, optimiser step);
+every training step after the first epoch of each stage (``--warmup-epochs``) of that phase (all its stages:
+boosting + compression, bias correction, balanced finetuning, ...; each extra stage gets ``--epochs`` epochs too)
+divided by the time of those steps (forward, teacher, losses, backward, optimiser step);
 ``phase_images_per_s`` in the JSON divides by the phase's ``train_seconds`` instead (its record in
 metrics.json: also the data to the device, growing the network, per-stage set-up). finetune is measured first and last (its two figures show the drift of the
 machine's load); ratios are against their mean, and against icarl.
@@ -32,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import attrs
 import numpy as np
 import torch
 
@@ -88,6 +90,12 @@ class ImageCounter:
         loop.Trainer._train_step = self._original
 
 
+# options of methods' extra stages (finetuning, bias correction, classifier learning) whose defaults are tens of
+# epochs: the benchmark gives them --epochs too, so that every stage is timed and the default run stays short
+EXTRA_STAGE_EPOCHS = {"podnet_finetune_epochs", "bic_bias_epochs", "der_balanced_epochs", "lucir_cbf_epochs",
+                      "il_finetune_epochs", "foster_compression_epochs"}
+
+
 def run_method(name: str, npz: Path, out: Path, args: argparse.Namespace, phases: int) -> list[dict]:
     """One run of ``name``; per phase: images, train seconds, images/s and the method's figures."""
     argv = ["--method", name, "--data", "npz", "--data-root", str(npz), "--backbone", args.backbone,
@@ -96,6 +104,9 @@ def run_method(name: str, npz: Path, out: Path, args: argparse.Namespace, phases
             "--threads", str(args.threads), "--checkpoint-every", "0"]
     if methods()[name].memory != "none":
         argv += ["--memory-per-class", "20"]
+    own = {f.name for f in attrs.fields(methods()[name].Options)}
+    for option in EXTRA_STAGE_EPOCHS & own:  # extra stages as long as the main one: the default run stays short
+        argv += ["--" + option.replace("_", "-"), str(args.epochs)]
     with ImageCounter(args.warmup_epochs) as counter:
         code = train_main(argv)
     if code != 0:
