@@ -114,3 +114,14 @@ def test_bench_run_quick_splits_every_phase(tmp_path):
         parts = sum(phase[p] for p in ("train", "teacher", "eval", "memory", "checkpoint", "other"))
         assert abs(parts - phase["total"]) < 1e-6 and phase["eval"] > 0 and phase["memory"] > 0
     assert "× reference" in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_methods_small(tmp_path):
+    out = tmp_path / "methods.json"
+    done = _run("tools/bench.py", "methods", "--methods", "finetune,icarl,podnet,der", "--per-class", "8",
+                "--test-per-class", "2", "--backbone", "resnet8", "--growth-phases", "2", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert {"finetune", "icarl", "podnet", "der"} <= set(figures["phase2"])
+    assert set(figures["growth"]) == {"der"} and len(figures["growth"]["der"]) == 2  # one row per phase
