@@ -224,6 +224,15 @@ class IncrementalHead(nn.Module):
         if not len(self.blocks):
             raise HeadStateError(f"{type(self).__name__} has no classes yet; call expand(n_new) first")
 
+    def _row_cosines(self, features: Tensor) -> Tensor:
+        """``cos(f, w_r)`` for every weight row ``r`` ``[B, rows]``: one product per block (or one in all when
+        ``fused``) of the L2-normalised features and rows, ``eps`` bounding the norms (the normalised heads)."""
+        self._require_classes()
+        unit = F.normalize(features, dim=1, eps=self.eps)
+        if self.fused or len(self.blocks) == 1:
+            return F.linear(unit, F.normalize(self.full_weight(), dim=1, eps=self.eps))
+        return torch.cat([F.linear(unit, F.normalize(b.weight, dim=1, eps=self.eps)) for b in self.blocks], dim=1)
+
     def full_weight(self) -> Tensor:
         """All class rows ``[num_classes, in_features]`` (``torch.cat`` of the blocks, differentiable)."""
         self._require_classes()
@@ -322,11 +331,7 @@ class CosineLinear(IncrementalHead):
 
     def cosine(self, features: Tensor) -> Tensor:
         """Unscaled cosine similarities ``cos(f, W_c)`` ``[B, num_classes]``."""
-        self._require_classes()
-        unit = F.normalize(features, dim=1, eps=self.eps)
-        if self.fused or len(self.blocks) == 1:
-            return F.linear(unit, F.normalize(self.full_weight(), dim=1, eps=self.eps))
-        return torch.cat([F.linear(unit, F.normalize(b.weight, dim=1, eps=self.eps)) for b in self.blocks], dim=1)
+        return self._row_cosines(features)
 
     def imprinted_rows(self, class_means: Tensor) -> Tensor:
         """LUCIR's imprinted rows ``normalise(μ_c) · mean_{j old} ‖W_j‖₂`` ``[n_new, in_features]``.

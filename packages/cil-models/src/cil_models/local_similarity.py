@@ -90,13 +90,7 @@ class LocalSimilarityHead(IncrementalHead):
 
     def proxy_similarities(self, features: Tensor) -> Tensor:
         """``s_{c,k}`` ``[B, num_classes, K]`` (before the merge over proxies)."""
-        self._require_classes()
-        unit = F.normalize(features, dim=1, eps=self.eps)
-        if self.fused or len(self.blocks) == 1:
-            cos = F.linear(unit, F.normalize(self.full_weight(), dim=1, eps=self.eps))
-        else:
-            cos = torch.cat([F.linear(unit, F.normalize(b.weight, dim=1, eps=self.eps)) for b in self.blocks], dim=1)
-        cos = cos.unflatten(1, (-1, self.rows_per_class))
+        cos = self._row_cosines(features).unflatten(1, (-1, self.rows_per_class))
         return 2.0 * cos - 2.0 if self.similarity_kind == "neg-squared-distance" else cos
 
     def similarity(self, features: Tensor) -> Tensor:
