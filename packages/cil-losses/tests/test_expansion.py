@@ -99,7 +99,7 @@ def test_auxiliary_loss_matches_float64_reference(gen, num_old):
     num = _numeric_grad(lambda zz: _ref_aux(zz, y.tolist(), num_old), z.tolist())
     assert torch.allclose(g, torch.tensor(num, dtype=torch.float64), atol=1e-7)
     per = E.auxiliary_loss(z, y, num_old, reduction="none")
-    assert per.shape == (9,) and abs(float(per.mean()) - want) < 1e-12
+    assert per.shape == (9,) and abs(float(per.mean().detach()) - want) < 1e-12
 
 
 def test_auxiliary_loss_rejects_a_target_outside_the_aux_head():
