@@ -1,6 +1,6 @@
 """cil-data: long-tailed class-incremental data streams, sources, exemplar memory, samplers, augmentation."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .atomic import atomic_replace, atomic_write_bytes
 from .augment import AUGMENT_POLICIES, BatchAugment, check_augment_policy

@@ -26,7 +26,7 @@ from .registry import BACKBONES, build_backbone
 from .resnet18 import ResNet18Features, resnet18, resnet18_cifar
 from .weight_aligning import clip_nonnegative_, weight_align
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BACKBONES",

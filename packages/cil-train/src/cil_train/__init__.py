@@ -7,7 +7,7 @@ Command line: ``cil-train --help`` (or ``python -m cil_train``). From Python::
     metrics = run(RunConfig(method="ssil", method_options={"ssil_batch_new": 64}, out="runs/try2"))
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .config import RunConfig
 from .errors import ConfigError, TrainingDiverged
