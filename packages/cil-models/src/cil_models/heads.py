@@ -224,6 +224,15 @@ class IncrementalHead(nn.Module):
         if not len(self.blocks):
             raise HeadStateError(f"{type(self).__name__} has no classes yet; call expand(n_new) first")
 
+    def _init_scale(self, scale_init: float, learn_scale: bool) -> None:
+        """The scale of a normalised head (LUCIR's σ, PODNet's η): a parameter, or a fixed buffer."""
+        scale = torch.tensor(positive_float("scale_init", scale_init))
+        self.learn_scale = bool(learn_scale)
+        if self.learn_scale:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("scale", scale)
+
     def _row_cosines(self, features: Tensor) -> Tensor:
         """``cos(f, w_r)`` for every weight row ``r`` ``[B, rows]``: one product per block (or one in all when
         ``fused``) of the L2-normalised features and rows, ``eps`` bounding the norms (the normalised heads)."""
@@ -317,12 +326,7 @@ class CosineLinear(IncrementalHead):
         fused: bool = False,
     ) -> None:
         super().__init__(in_features, False, init, fused)
-        scale = torch.tensor(positive_float("scale_init", scale_init))
-        self.learn_scale = bool(learn_scale)
-        if self.learn_scale:
-            self.scale = nn.Parameter(scale)
-        else:
-            self.register_buffer("scale", scale)
+        self._init_scale(scale_init, learn_scale)
         self.eps = positive_float("eps", eps)
 
     def forward(self, features: Tensor) -> Tensor:

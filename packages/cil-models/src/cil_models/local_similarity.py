@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._checks import one_of, positive_float, positive_int
 from .errors import ModelConfigError
@@ -70,12 +70,7 @@ class LocalSimilarityHead(IncrementalHead):
         proxies_per_class = positive_int("proxies_per_class", proxies_per_class)
         super().__init__(in_features, False, init, fused)
         self.rows_per_class = proxies_per_class
-        scale = torch.tensor(positive_float("scale_init", scale_init))
-        self.learn_scale = bool(learn_scale)
-        if self.learn_scale:
-            self.scale = nn.Parameter(scale)
-        else:
-            self.register_buffer("scale", scale)
+        self._init_scale(scale_init, learn_scale)
         self.merge_scale = positive_float("merge_scale", merge_scale)
         self.similarity_kind = one_of("similarity", similarity, SIMILARITIES)
         self.eps = positive_float("eps", eps)
