@@ -1,4 +1,4 @@
-"""What DER and FOSTER (and their JIOC versions) share: the JIOC switches, the classification and
+"""What DER and FOSTER (and their JIOC versions) share: the classification and
 distillation terms JIOC replaces, re-drawing head rows reproducibly, and a class-balanced subset."""
 
 from __future__ import annotations
@@ -11,14 +11,10 @@ import torch.nn.functional as F
 
 import cil_losses as L
 
-__all__ = ["classification_term", "distillation_terms", "draw_rows_", "jioc_switches", "balanced_subset",
+from .icarl import jioc_switches
+
+__all__ = ["classification_term", "distillation_terms", "draw_rows_", "balanced_subset",
            "phase_generator"]
-
-
-def jioc_switches(options: Any) -> tuple[bool, bool]:
-    """``(use_ic, use_oc)`` from ``--jioc both|ic|oc|none``; methods without the option: ``(False, False)``."""
-    mode = getattr(options, "jioc", "none")
-    return mode in ("both", "ic"), mode in ("both", "oc")
 
 
 def classification_term(options: Any, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, str]:

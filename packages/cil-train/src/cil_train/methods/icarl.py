@@ -10,6 +10,8 @@ iCaRL + JIOC replaces the two terms by joint input/output coordination:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 
 import cil_losses as L
@@ -30,6 +32,13 @@ class JIOCOptions(KDOptions):
     jioc_detach: bool = option("detach the input-coordination weight δ", boolean, True)
     jioc_normalize: bool = option("normalise δ to mean 1 over the batch", boolean, False)
     jioc_squared: bool = option("squared suppression variant", boolean, False)
+
+
+def jioc_switches(options: Any) -> tuple[bool, bool]:
+    """``(use_ic, use_oc)`` from ``--jioc both|ic|oc|none`` (the JIOC ablations of every base method); options
+    without ``jioc``: ``(False, False)``."""
+    mode = getattr(options, "jioc", "none")
+    return mode in ("both", "ic"), mode in ("both", "oc")
 
 
 @register
@@ -60,8 +69,7 @@ class ICaRLJIOC(ICaRL):
 
     def loss(self, ctx, batch: Batch):
         cfg = self.options
-        use_ic = cfg.jioc in ("both", "ic")
-        use_oc = cfg.jioc in ("both", "oc")
+        use_ic, use_oc = jioc_switches(cfg)
         logits = ctx.net(batch.x).float()
         if ctx.num_old == 0:
             if use_ic:
