@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,14 @@ def test_method_matrix_runs_and_tabulates(tmp_path):
     assert summary["IC+KD"]["runs"] == ["runs/IC_KD-s1", "runs/IC_KD-s2"] and summary["IC+KD"]["seeds"] == [1, 2]
     again = _run(*args)  # finished cells are skipped
     assert again.returncode == 0 and again.stdout.count(": done") == 4
+    # a clone has the committed records but not the run folders: the cells count as done, the table keeps them
+    assert sorted(p.name for p in (out / "records").iterdir()) == [
+        "IC_KD-s1.json", "IC_KD-s2.json", "finetune-s1.json", "finetune-s2.json"]
+    shutil.rmtree(out / "runs")
+    (out / "table.md").unlink()
+    cloned = _run(*args)
+    assert cloned.returncode == 0 and cloned.stdout.count(": done (record)") == 4, cloned.stdout[-2000:]
+    assert (out / "table.md").read_text() == table
 
 
 def test_dgr_ab_benchmark_against_a_git_revision(tmp_path):

@@ -6,6 +6,14 @@ end (and with ``--table-only``) the runs are grouped by variant and summarised a
 the seeds: average incremental accuracy, last accuracy, forgetting, old/new accuracy after the last
 phase and the mean imbalance score (``OUT/table.md``, ``OUT/summary.json``, ``OUT/accuracy.png``).
 
+Run folders are not committed (checkpoints are large), so each finished cell is also kept as a small
+record, ``OUT/records/<variant>-s<seed>.json`` (its ``metrics.json`` and seed), which is committed.
+A cell whose run folder is absent but whose record exists counts as done: a fresh clone can add seeds
+or variants to a committed matrix and the table still holds every seed. A record written before
+records existed (``"reconstructed_from"`` names the summary it came from) holds only the summary
+figures, not the per-phase curve: it is left out of ``accuracy.png`` (the mean curve of the other
+seeds; the figure is not redrawn when no cell has a curve).
+
 A variant is a method name, or ``LABEL=METHOD OPTIONS...`` for ablations, e.g.::
 
     hatch run python tools/method_matrix.py --preset glyphs100-lt --seeds 1,2,3 --out results/glyphs100-lt \\
@@ -29,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cil_train.compare import group_runs, load_run, markdown_table, summary_json, mean_curve
+from cil_train.compare import COLUMNS, RunSummary, group_runs, load_run, markdown_table, summary_json, mean_curve
 from cil_train.report import plot_accuracy_curves
 
 
@@ -52,10 +60,62 @@ def _safe(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
 
 
-def run_cell(folder: Path, preset: str, argv: list[str], seed: int, common: list[str], log: Path) -> str:
+def record_path(folder: Path) -> Path:
+    """``OUT/records/<cell>.json`` for the run folder ``OUT/runs/<cell>``."""
+    return folder.parent.parent / "records" / f"{folder.name}.json"
+
+
+def _finished(folder: Path) -> bool:
     metrics = folder / "metrics.json"
-    if metrics.is_file() and json.loads(metrics.read_text()).get("complete"):
+    return metrics.is_file() and bool(json.loads(metrics.read_text()).get("complete"))
+
+
+def load_cell(label: str, folder: Path) -> RunSummary | None:
+    """The finished cell from its run folder (refreshing its record) or, without one, from its record."""
+    record = record_path(folder)
+    if _finished(folder):
+        run = load_run(folder, label)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"label": label, "seed": run.seed, "metrics": run.metrics}) + "\n")
+        return run
+    if record.is_file():
+        data = json.loads(record.read_text())
+        return RunSummary(folder, label, int(data["seed"]), data["metrics"])
+    return None
+
+
+def records_from_summary(out: Path) -> list[Path]:
+    """Records for the cells of ``OUT/summary.json`` that have neither a run folder nor a record.
+
+    For matrices committed before records existed: the summary keeps each seed's figures, so the
+    record holds those (not the per-phase curve) and says where it came from.
+    """
+    summary = json.loads((out / "summary.json").read_text())
+    written = []
+    for label, entry in summary.items():
+        for k, (rel, seed) in enumerate(zip(entry["runs"], entry["seeds"])):
+            folder = out / rel
+            if folder.exists() or record_path(folder).is_file():
+                continue
+            value = {key: entry[key]["values"][k] for key, _t in COLUMNS
+                     if len(entry[key]["values"]) == len(entry["runs"])}
+            metrics = {"complete": True, "reconstructed_from": "summary.json",
+                       **{key: value[key] for key in ("avg_inc_acc", "last_acc", "forgetting", "wall_seconds")
+                          if key in value},
+                       "old_acc": [value.get("last_old_acc")], "new_acc": [value.get("last_new_acc")],
+                       "imbalance_score": [value.get("imbalance_score")]}
+            path = record_path(folder)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"label": label, "seed": int(seed), "metrics": metrics}) + "\n")
+            written.append(path)
+    return written
+
+
+def run_cell(folder: Path, preset: str, argv: list[str], seed: int, common: list[str], log: Path) -> str:
+    if _finished(folder):
         return "done"
+    if not folder.exists() and record_path(folder).is_file():
+        return "done (record)"
     if (folder / "checkpoint.pt").is_file():
         cmd = [sys.executable, "-m", "cil_train", "--resume", str(folder), "--progress", "none"]
     else:
@@ -70,8 +130,7 @@ def run_cell(folder: Path, preset: str, argv: list[str], seed: int, common: list
 
 
 def write_table(out: Path, cells: list[tuple[str, Path]], title: str) -> str:
-    runs = [load_run(folder, label) for label, folder in cells if (folder / "metrics.json").is_file()
-            and json.loads((folder / "metrics.json").read_text()).get("complete")]
+    runs = [run for label, folder in cells if (run := load_cell(label, folder)) is not None]
     if not runs:
         return "(no finished run yet)\n"
     groups = group_runs(runs)
@@ -81,7 +140,10 @@ def write_table(out: Path, cells: list[tuple[str, Path]], title: str) -> str:
     for entry in summary.values():  # run folders relative to OUT, so that a committed summary stays valid
         entry["runs"] = [os.path.relpath(folder, out) for folder in entry["runs"]]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_accuracy_curves([(lab, mean_curve(rs)) for lab, rs in groups.items()], out / "accuracy.png", title)
+    curves = {lab: [r for r in rs if "acc_per_phase" in r.metrics] for lab, rs in groups.items()}
+    if any(curves.values()):  # else keep the committed figure: records from a summary have no curve
+        plot_accuracy_curves([(lab, mean_curve(rs)) for lab, rs in curves.items() if rs], out / "accuracy.png",
+                             title)
     return table
 
 
@@ -102,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time; each gets cores/jobs threads unless the options set --threads")
+    p.add_argument("--records-from-summary", action="store_true",
+                   help="first write records for the cells of a committed OUT/summary.json that have none")
     args = p.parse_args(argv)
     variants = parse_variants(args.methods, args.variant)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.records_from_summary:
+        for path in records_from_summary(args.out):
+            print(f"record from summary.json: {path}")
     cells = [(label, args.out / "runs" / f"{_safe(label)}-s{seed}", opts, seed)
              for label, opts in variants for seed in seeds]
     if not args.table_only:
