@@ -2,8 +2,10 @@
 
 ``L = (1 − λ)·CE + λ·KD_T(z[:, :C_old], ẑ)``, ``λ = C_old / C``, ``T = 2`` (T² factor with
 ``--wa-t-squared``). After each incremental phase the new rows of the classifier are scaled by
-``γ = mean_old ‖W_c‖_p / mean_new ‖W_c‖_p`` (``--wa-p``, clamp γ ≤ 1 with ``--wa-clamp``); optionally
-the FC weights are clipped to ≥ 0 after every step (``--wa-clip``, the authors' code).
+``γ = mean_old ‖W_c‖_p / mean_new ‖W_c‖_p`` (``--wa-p``), clamped to γ ≤ 1 as in the authors' code (the
+default since round 2; ``--no-wa-clamp`` is PyCIL's unclamped form: on an ordered long tail the new
+tail classes have the smaller norms, γ grew to ~1.6 and scaled new rows *up*); optionally the FC
+weights are clipped to ≥ 0 after every step (``--wa-clip``, the authors' code).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .registry import register
 @attrs.frozen(kw_only=True)
 class WAOptions(KDOptions):
     wa_p: float = option("norm p of weight aligning", number(0.0, lo_open=True), 2.0)
-    wa_clamp: bool = option("clamp γ ≤ 1 (authors' code)", boolean, False)
+    wa_clamp: bool = option("clamp γ ≤ 1 (authors' code; --no-wa-clamp: PyCIL's form)", boolean, True)
     wa_clip: bool = option("clip FC weights to ≥ 0 after every step (authors' code)", boolean, False)
     wa_t_squared: bool = option("T² factor on the KD term", boolean, False)
 
