@@ -124,6 +124,12 @@ def test_compare_groups_seeds(tiny, tmp_path, capsys):
     assert "| finetune | 2 |" in table and "| icarl-jioc[jioc=ic] | 1 |" in table and "±" in table
     summary = json.loads((cmp / "comparison.json").read_text())
     assert summary["finetune"]["seeds"] == [1, 2]
+    # iCaRL's own classifier (nearest mean of exemplars) gets its row beside the CNN's
+    nme = json.loads((out / "metrics.json").read_text())["nme"]
+    assert list(summary) == ["finetune", "icarl-jioc[jioc=ic]", "icarl-jioc[jioc=ic] (NME)"]
+    assert summary["icarl-jioc[jioc=ic] (NME)"]["avg_inc_acc"]["values"] == [nme["avg_inc_acc"]]
+    assert summary["icarl-jioc[jioc=ic] (NME)"]["last_new_acc"]["values"] == [nme["new_acc"][-1]]
+    assert nme["forgetting"] is not None and len(nme["old_acc"]) == 3
     try:
         import matplotlib  # noqa: F401
     except ImportError:

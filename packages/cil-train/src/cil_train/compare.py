@@ -84,10 +84,21 @@ def load_run(folder: str | Path, label: str | None = None) -> RunSummary:
 
 
 def group_runs(runs: Sequence[RunSummary]) -> dict[str, list[RunSummary]]:
+    """The runs by label; a label whose runs also report the nearest-mean-of-exemplars classifier (iCaRL's
+    own, ``metrics["nme"]``) gets a second group right after it, ``"<label> (NME)"``, with those figures."""
     groups: dict[str, list[RunSummary]] = {}
     for r in runs:
         groups.setdefault(r.label, []).append(r)
-    return groups
+    out: dict[str, list[RunSummary]] = {}
+    for label, members in groups.items():
+        out[label] = members
+        nme = [attrs.evolve(r, label=f"{label} (NME)",
+                            metrics={**r.metrics["nme"], "phases": r.metrics.get("phases"),
+                                     "wall_seconds": r.metrics.get("wall_seconds")})
+               for r in members if r.metrics.get("nme")]
+        if nme:
+            out[f"{label} (NME)"] = nme
+    return out
 
 
 def _mean_std(values: Sequence[float | None]) -> str:
@@ -133,8 +144,9 @@ def mean_curve(runs: Sequence[RunSummary]) -> dict[str, Any]:
     first = runs[0].metrics
     n = len(first["acc_per_phase"])
     same = [r.metrics for r in runs if len(r.metrics["acc_per_phase"]) == n]
-    acc = [statistics.mean(m["acc_per_phase"][i] for m in same) for i in range(n)]
-    return {"phases": first["phases"], "acc_per_phase": acc, "avg_inc_acc": sum(acc) / n,
+    acc = [_mean_or_none([m["acc_per_phase"][i] for m in same]) for i in range(n)]
+    known = [a for a in acc if a is not None]
+    return {"phases": first["phases"], "acc_per_phase": acc, "avg_inc_acc": sum(known) / max(1, len(known)),
             "old_acc": [_mean_or_none([m["old_acc"][i] for m in same]) for i in range(n)],
             "new_acc": [_mean_or_none([m["new_acc"][i] for m in same]) for i in range(n)]}
 

@@ -98,8 +98,20 @@ def run_summary(records: list[dict[str, Any]], *, method: str, data_name: str, s
         "many_medium_few": [r["many_medium_few"] for r in records],
     }
     if any(r.get("nme") for r in records):
-        nme_acc = [r["nme"]["acc"] if r.get("nme") else None for r in records]
-        known = [a for a in nme_acc if a is not None]
-        out["nme"] = {"acc_per_phase": nme_acc, "avg_inc_acc": sum(known) / len(known) if known else None,
-                      "last_acc": nme_acc[-1]}
+        out["nme"] = _nme_summary([r.get("nme") for r in records], T)
+    return out
+
+
+def _nme_summary(nme: list[dict[str, Any] | None], num_phases: int) -> dict[str, Any]:
+    """The nearest-mean-of-exemplars classifier's figures, with the CNN summary's keys (None where a phase
+    had no exemplars, e.g. phase 0 of a run whose memory is filled after evaluation)."""
+    acc = [r["acc"] if r else None for r in nme]
+    known = [a for a in acc if a is not None]
+    out: dict[str, Any] = {"acc_per_phase": acc, "avg_inc_acc": sum(known) / len(known) if known else None,
+                           "last_acc": acc[-1]}
+    for key in ("old_acc", "new_acc", "imbalance_score"):
+        out[key] = [r[key] if r else None for r in nme]
+    if all(r is not None for r in nme):
+        matrix = [r["task_acc"] + [None] * (num_phases - len(r["task_acc"])) for r in nme]
+        out["acc_matrix"], out["forgetting"] = matrix, M.forgetting(matrix)
     return out
