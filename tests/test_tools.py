@@ -71,6 +71,30 @@ def test_method_matrix_runs_and_tabulates(tmp_path):
     assert (out / "table.md").read_text() == table
 
 
+def test_method_matrix_shares_one_base_model_per_seed(tmp_path):
+    import cil_data
+
+    ds = cil_data.load_embedded()
+    keep = np.concatenate([np.flatnonzero(ds.train_labels.numpy() == c)[:20] for c in range(4)])
+    test = np.concatenate([np.flatnonzero(ds.test_labels.numpy() == c)[:5] for c in range(4)])
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x_train=ds.train_images[keep, 0].numpy(), y_train=ds.train_labels[keep].numpy(),
+             x_test=ds.test_images[test, 0].numpy(), y_test=ds.test_labels[test].numpy())
+    out = tmp_path / "matrix"
+    done = _run("tools/method_matrix.py", "--preset", "embedded-lt", "--methods", "finetune,icarl,bsce", "--seeds", "1",
+                "--shared-base", "--out", str(out), "--", "--data", "npz", "--data-root", str(npz), "--phases", "2",
+                "--epochs", "1", "--backbone", "resnet8", "--memory-per-class", "3", "--threads", "1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (out / "base" / "seed1.pt").is_file()
+    log = (out / "runs-0.log").read_text()
+    assert log.count("base model written to") == 1 and log.count("replaces phase 1's training") == 1  # icarl
+    summary = json.loads((out / "summary.json").read_text())
+    first = {k: summary[k]["runs"] for k in summary}
+    metrics = {k: json.loads((out / v[0] / "metrics.json").read_text()) for k, v in first.items()}
+    assert metrics["icarl"]["acc_per_phase"][0] == metrics["finetune"]["acc_per_phase"][0]
+    assert metrics["bsce"]["phases"][0]["epoch_losses"]  # not a plain-CE base: trained its own
+
+
 def test_dgr_ab_benchmark_against_a_git_revision(tmp_path):
     """tools/bench_dgr_ab.py loads cil-losses from a revision (here HEAD) and times both versions."""
     if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:

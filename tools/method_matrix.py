@@ -23,6 +23,11 @@ A variant is a method name, or ``LABEL=METHOD OPTIONS...`` for ablations, e.g.::
         --variant "CE+OC=icarl-jioc --jioc oc" --variant "JIOC=icarl-jioc --jioc both"
 
 Options after ``--`` go to every run (e.g. ``-- --epochs 8 --threads 2``).
+
+``--shared-base`` trains one base model per seed (``OUT/base/seed<N>.pt``, not committed) and gives it to
+every cell whose method's phase 0 is plain cross-entropy (``--base-checkpoint``; finetune, il-baseline,
+lwf, icarl, wa, ssil), as the papers start their methods from one base model: those methods then differ
+only in their incremental phases. The other methods train their own phase 0.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cil_train.compare import COLUMNS, RunSummary, group_runs, load_run, markdown_table, summary_json, mean_curve
+from cil_train.methods import methods
 from cil_train.report import plot_accuracy_curves
 
 
@@ -164,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time; each gets cores/jobs threads unless the options set --threads")
+    p.add_argument("--shared-base", action="store_true",
+                   help="one base model per seed for every method whose phase 0 is plain CE (--base-checkpoint)")
     p.add_argument("--records-from-summary", action="store_true",
                    help="first write records for the cells of a committed OUT/summary.json that have none")
     args = p.parse_args(argv)
@@ -184,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def one(k: int, label: str, folder: Path, opts: list[str], seed: int) -> None:
             start = time.perf_counter()
+            if args.shared_base and methods()[opts[1]].plain_base:
+                opts = [*opts, "--base-checkpoint", str(args.out / "base" / f"seed{seed}.pt")]
             status = run_cell(folder, args.preset, opts, seed, common, args.out / f"runs-{k % args.jobs}.log")
             print(f"[{k}/{len(cells)}] {label} seed {seed}: {status} ({time.perf_counter() - start:.0f} s)", flush=True)
 

@@ -122,6 +122,11 @@ class RunConfig:
     channels_last: bool = option("channels_last memory format", boolean, True, group="training")
     compile: bool = option("torch.compile the network (pays on long runs; first epoch slower)", boolean, False,
                            group="training")
+    base_checkpoint: str | None = option(
+        "a file holding the base model (phase 0): loaded instead of training phase 0 when it exists (it must have "
+        "been trained with the same base phase: checked), else written after phase 0; one base model per "
+        "protocol and seed shared by every method whose phase 0 is plain cross-entropy", optional_str,
+        group="training")
     threads: int | None = option("CPU threads for torch (default: torch's choice)",
                                  number(1, optional=True, integer=True), group="training")
     eval_batch_size: int = option("batch size of evaluation and feature extraction", number(1, integer=True), 512,

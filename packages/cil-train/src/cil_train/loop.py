@@ -25,6 +25,7 @@ from cil_models import IncrementalNet
 from cil_models.ecosystem import load_backbone_weights
 
 from . import metrics as M
+from .base_model import fingerprint as base_fingerprint, load_base, save_base
 from .checkpoint import (CHECKPOINT, Checkpoint, atomic_write_json, checkpoint_candidates, load_checkpoint,
                          remove_temporary_files, save_checkpoint, writing)
 from .config import RunConfig, memory_budget
@@ -217,7 +218,17 @@ class Trainer:
         stages = self.method.stages(ctx)
         first_after = next((k for k, s in enumerate(stages) if s.after_memory), len(stages))
         done = resume.stage if resume is not None else 0
+        base_print = self._base_fingerprint(phase, stages) if (t == 0 and resume is None) else None
+        if base_print is not None and Path(self.cfg.base_checkpoint).is_file():
+            net_state, trained_by = load_base(self.cfg.base_checkpoint, base_print)
+            model.load_state_dict(net_state["state_dict"])
+            self.log(f"phase 1: the base model of {self.cfg.base_checkpoint} (trained by {trained_by}) replaces "
+                     f"phase 1's training")
+            done = first_after = len(stages)
         self._run_stages(ctx, stages, range(max(done, 0), first_after), aug_gen, phase_losses, resume, run_start)
+        if base_print is not None and done == 0 and self.info.is_main:
+            save_base(self.cfg.base_checkpoint, base_print, model.checkpoint_state(), self.cfg.method)
+            self.log(f"phase 1: base model written to {self.cfg.base_checkpoint}")
         train_seconds = time.perf_counter() - phase_start
         if done < first_after or resume is None:
             self._end_figures = {key: float(value) for key, value in self.method.end_phase(ctx).items()}
@@ -241,6 +252,14 @@ class Trainer:
                 self._memory_path(t - 2).unlink(missing_ok=True)
             atomic_write_json(self.out / "metrics.json", {"complete": False, "phases": self.records})
         return model
+
+    def _base_fingerprint(self, phase: cil_data.Phase, stages: list[Stage]) -> dict[str, Any] | None:
+        """What decides phase 0's network with ``--base-checkpoint`` (see ``base_model``); None without it."""
+        if not self.cfg.base_checkpoint:
+            return None
+        n = phase.num_seen
+        return base_fingerprint(self.cfg, self.method, stages, list(self.scenario.class_order[:n]),
+                                self.scenario.train_counts[:n].tolist(), str(self.amp_dtype))
 
     def _phase_data(self, phase: cil_data.Phase) -> PhaseData:
         """New classes' images + the memory on the device, with the method's balanced held-out split."""

@@ -78,6 +78,10 @@ class Method:
         position: where the method stands in lists (``--help``, errors): baselines first.
         evaluation: what the method reports: ``("cnn",)``, ``("nme",)`` or ``("cnn", "nme")``.
         Options: its attrs options class.
+        plain_base: phase 0 is plain cross-entropy training of the default network (linear head) with the
+            shared main stage and uniform batches, so a base model trained by any such method can be reused
+            with ``--base-checkpoint`` (``tests/test_base_checkpoint.py`` checks each method that says so).
+            Not inherited: each subclass that keeps a plain phase 0 sets it again.
     """
 
     name: ClassVar[str] = ""
@@ -86,6 +90,12 @@ class Method:
     position: ClassVar[int] = 1000
     evaluation: ClassVar[tuple[str, ...]] = ("cnn",)
     Options: ClassVar[type] = NoOptions
+    plain_base: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # not inherited: a subclass changes the method (e.g. bsce's phase 0 is not il-baseline's), so it says again
+        cls.plain_base = bool(cls.__dict__.get("plain_base", False))
 
     def __init__(self, run: "RunConfig") -> None:
         self.run = run

@@ -9,6 +9,7 @@ from .registry import register
 @register
 class Finetune(Method):
     name = "finetune"
+    plain_base = True  # phase 0: plain CE, default network and main stage
     summary = "plain cross-entropy on new data + replay memory (no distillation)"
     memory = "optional"
     position = 10

@@ -44,6 +44,7 @@ def jioc_switches(options: Any) -> tuple[bool, bool]:
 @register
 class ICaRL(Method):
     name = "icarl"
+    plain_base = True  # phase 0: plain CE, default network and main stage
     summary = "CE + KD, herding, NME and CNN evaluation (Rebuffi et al. 2017)"
     memory = "optional"
     position = 70

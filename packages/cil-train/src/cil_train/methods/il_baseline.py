@@ -71,6 +71,7 @@ class RelaxedOptions(KDOptions):
 @register
 class ILBaseline(Method):
     name = "il-baseline"
+    plain_base = True  # phase 0: plain CE, default network and main stage
     summary = "CE + T²·KD weighted by ρ = C_old/C (Wu et al. 2019; Jodelet et al. 2022)"
     memory = "optional"
     position = 20

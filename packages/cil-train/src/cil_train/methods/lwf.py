@@ -26,6 +26,7 @@ class LwFOptions(KDOptions):
 @register
 class LwF(Method):
     name = "lwf"
+    plain_base = True  # phase 0: plain CE, default network and main stage
     summary = "exemplar-free: CE on the new classes + λ·KD on the old ones (Li & Hoiem 2016)"
     memory = "none"
     position = 60

@@ -32,6 +32,7 @@ class SSILOptions(KDOptions):
 @register
 class SSIL(Method):
     name = "ssil"
+    plain_base = True  # phase 0: plain CE, default network and main stage
     summary = "separated softmax + ratio-preserving batches + task-wise KD, lr/(t+1) (Ahn et al. 2021)"
     memory = "required"
     position = 100

@@ -33,6 +33,7 @@ class WAOptions(KDOptions):
 @register
 class WeightAligning(Method):
     name = "wa"
+    plain_base = True  # phase 0: plain CE, default network and main stage
     summary = "(1−λ)·CE + λ·KD, then scale new FC rows to the old rows' mean norm (Zhao et al. 2020)"
     memory = "optional"
     position = 90
