@@ -25,7 +25,8 @@ def test_the_plain_base_methods_are_the_expected_ones():
 def test_a_plain_base_method_trains_phase_zero_with_plain_cross_entropy(name):
     """What ``plain_base`` promises: the default network, the shared main stage, uniform batches, CE."""
     cls = methods()[name]
-    run = RunConfig(method=name, backbone="resnet8", epochs=3, base_epochs=5, lr=0.05, base_lr=0.2)
+    run = RunConfig(method=name, backbone="resnet8", epochs=3, base_epochs=5, lr=0.05, base_lr=0.2,
+                    base_checkpoint="base.pt")  # SS-IL's own phase 0 (batches of B_n) gives way to the shared one
     method = cls(run)
     torch.manual_seed(0)
     net = method.build_network(1)

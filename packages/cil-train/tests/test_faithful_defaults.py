@@ -75,3 +75,36 @@ def test_wa_clamps_gamma_to_one_by_default():
     ctx, head = _head_with_small_new_rows()
     assert unclamped.end_phase(ctx)["wa_gamma"] == pytest.approx(2.0)
     assert torch.allclose(head.full_weight()[3:], torch.ones(2, 4))
+
+
+def test_ssil_defaults_follow_the_official_trainer():
+    from cil_train.methods.ssil import SSIL
+    from cil_train.stages import RatioPreservingBatches, ShuffleBatches
+
+    method = SSIL(RunConfig(method="ssil", backbone="resnet8", epochs=25, batch_size=32))
+    o = method.options
+    assert (o.ssil_kd, o.ssil_separated, o.ssil_ratio_preserving, o.ssil_weight_decay) == ("task", True, True, 1e-4)
+    y = torch.arange(300) % 3
+    data = SimpleNamespace(train=torch.arange(300), is_memory=torch.arange(300) >= 260, y=y)
+    ctx = SimpleNamespace(t=0, data=data, generator=torch.Generator().manual_seed(0), run=method.run)
+    (base,) = method.stages(ctx)
+    assert base.batch_size == 128 and base.weight_decay == 1e-4 and base.schedule == "step"
+    assert base.lr_steps == (10, 20) and base.lr == 0.1
+    batches = list(base.sampler(ctx))
+    assert [len(b) for b in batches] == [128, 128]  # 300 images: the last 44 are dropped
+    ctx.t = 2
+    (stage,) = method.stages(ctx)
+    assert stage.lr == pytest.approx(0.1 / 3) and stage.lr_steps == (10, 20)
+    sampler = stage.sampler(ctx)
+    assert isinstance(sampler, RatioPreservingBatches) and [len(b) for b in sampler] == [160, 160]  # 260 new: 2
+    few = SimpleNamespace(train=torch.arange(100), is_memory=torch.arange(100) >= 90, y=y[:100])
+    ctx.data = few  # 90 new images < B_n: the one short batch is kept, or the phase would not train at all
+    assert [len(b) for b in stage.sampler(ctx)] == [122]
+    assert len(list(ShuffleBatches(torch.arange(50), 128, torch.Generator(), drop_last=True))) == 1
+
+
+def test_ssil_old_tkd_switch_is_read_as_what_it_computed():
+    from cil_train.methods.ssil import SSIL
+
+    assert SSIL.options_from_dict({"ssil_tkd": False}).ssil_kd == "global"
+    assert SSIL.options_from_dict({"ssil_tkd": True}).ssil_kd == "task"

@@ -19,7 +19,9 @@ METRIC_KEYS = {"acc_per_phase", "avg_inc_acc", "last_acc", "acc_matrix", "forget
 VARIANTS = [
     ("finetune",), ("il-baseline",), ("il-baseline", "--il-correction", "balanced-finetuning"), ("bsce",), ("bsce-meta", "--meta-interval", "2"), ("bsce-relaxed",), ("lwf",),
     ("icarl",), ("icarl-jioc",), ("icarl-jioc", "--jioc", "ic"), ("icarl-jioc", "--jioc", "oc"), ("wa", "--wa-clip"), ("bic", "--bic-bias-epochs", "3"),
-    ("ssil", "--ssil-batch-new", "16", "--ssil-batch-memory", "8"), ("dgr",), ("dgr", "--no-dgr-dakd", "--no-dgr-decouple"),
+    ("ssil", "--ssil-batch-new", "16", "--ssil-batch-memory", "8"),
+    ("ssil", "--ssil-batch-new", "16", "--ssil-batch-memory", "8", "--ssil-kd", "none", "--no-ssil-separated",
+     "--no-ssil-ratio-preserving", "--ssil-schedule", "run"), ("dgr",), ("dgr", "--no-dgr-dakd", "--no-dgr-decouple"),
     ("dgr", "--dgr-offsets", "grad"), ("dgr", "--no-dgr-regularized-softmax"),
     ("lucir",), ("lucir", "--lucir-cbf", "--lucir-cbf-epochs", "1"), ("lucir-bsce",), ("lucir-bsce-relaxed",),
     ("podnet", "--podnet-proxies", "3", "--podnet-finetune-epochs", "1"), ("podnet-bsce", "--podnet-nca", "paper"),

@@ -42,17 +42,22 @@ class Sampler(Protocol):
 
 
 class ShuffleBatches:
-    """Uniform batches over ``positions``: a fresh permutation each epoch, the last batch may be smaller."""
+    """Uniform batches over ``positions``: a fresh permutation each epoch, the last batch may be smaller
+    (``drop_last``: dropped, unless there are fewer positions than one batch: then that one batch is kept)."""
 
-    def __init__(self, positions: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+    def __init__(self, positions: torch.Tensor, batch_size: int, generator: torch.Generator, *,
+                 drop_last: bool = False) -> None:
         self.positions, self.batch_size, self.generator = positions, batch_size, generator
+        self.drop_last = drop_last and len(positions) >= batch_size
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.positions) // self.batch_size
         return math.ceil(len(self.positions) / self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         order = self.positions[torch.randperm(len(self.positions), generator=self.generator)]
-        yield from order.split(self.batch_size)
+        yield from order.split(self.batch_size)[: len(self)]
 
     def state_dict(self) -> None:  # its only state is the phase generator, checkpointed by the loop
         return None
@@ -65,15 +70,17 @@ class RatioPreservingBatches:
     """SS-IL's batches: ``batch_new`` new samples + ``batch_memory`` cycled exemplars per step
     (:class:`cil_data.RatioPreservingSampler`); an epoch is one pass over the new data."""
 
-    def __init__(self, ctx: "PhaseContext", batch_new: int, batch_memory: int) -> None:
+    def __init__(self, ctx: "PhaseContext", batch_new: int, batch_memory: int, *, drop_last: bool = False) -> None:
         data = ctx.data
         is_mem = data.is_memory.cpu()[data.train]
         self.new_pos, self.mem_pos = data.train[~is_mem], data.train[is_mem]
         if len(self.mem_pos) == 0:
             raise ConfigError(f"--method {ctx.run.method} needs memory samples in phase {ctx.t + 1}, but the memory "
                               "is empty.")
+        # drop_last (SS-IL's trainer) only where it leaves a step: a long-tailed phase may have < batch_new images
         self.sampler = cil_data.RatioPreservingSampler(len(self.new_pos), len(self.mem_pos), batch_new=batch_new,
-                                                       batch_memory=batch_memory, generator=ctx.generator)
+                                                       batch_memory=batch_memory, generator=ctx.generator,
+                                                       drop_last=drop_last and len(self.new_pos) >= batch_new)
 
     def __len__(self) -> int:
         return len(self.sampler)
