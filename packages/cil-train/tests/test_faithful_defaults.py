@@ -108,3 +108,20 @@ def test_ssil_old_tkd_switch_is_read_as_what_it_computed():
 
     assert SSIL.options_from_dict({"ssil_tkd": False}).ssil_kd == "global"
     assert SSIL.options_from_dict({"ssil_tkd": True}).ssil_kd == "task"
+
+
+def test_ssil_round_one_form_is_still_available():
+    from cil_train.methods.ssil import SSIL
+    from cil_train.stages import Stage
+
+    run = RunConfig(method="ssil", backbone="resnet8", epochs=25, batch_size=32, method_options={
+        "ssil_drop_last": False, "ssil_own_base": False, "ssil_weight_decay": 5e-4, "ssil_schedule": "run"})
+    method = SSIL(run)
+    data = SimpleNamespace(train=torch.arange(300), is_memory=torch.arange(300) >= 260, y=torch.arange(300) % 3)
+    ctx = SimpleNamespace(t=0, data=data, generator=torch.Generator().manual_seed(0), run=run)
+    (base,) = method.stages(ctx)
+    assert base == Stage.from_run(run, t=0, lr=0.1)
+    ctx.t = 1
+    (stage,) = method.stages(ctx)
+    assert stage.weight_decay == 5e-4 and stage.schedule == "cosine"
+    assert [len(b) for b in stage.sampler(ctx)] == [160, 160, 36]  # 260 new: the short batch kept

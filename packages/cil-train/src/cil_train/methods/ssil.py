@@ -25,7 +25,8 @@ over all old classes, the official ``vanilla.py --distill global``) or ``none`` 
 ``papers/ss-il.txt``: separated softmax and ratio-preserving batches only). With
 ``--no-ssil-separated`` (plain CE over all seen classes) and ``--no-ssil-ratio-preserving`` (uniform
 batches of ``B_n + B_r`` over new data and memory together) these give the rows of the paper's ablation
-(FT, FT w/ RP, FT w/ SS, SS-IL).
+(FT, FT w/ RP, FT w/ SS, SS-IL). The round-1 form (the committed tables before the faithful-protocols
+review) is ``--no-ssil-drop-last --no-ssil-own-base --ssil-weight-decay 5e-4 --ssil-schedule run``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class SSILOptions(KDOptions):
     ssil_separated: bool = option("separated softmax (false: plain CE over all seen classes)", boolean, True)
     ssil_ratio_preserving: bool = option("ratio-preserving batches (false: uniform batches of B_n + B_r over new "
                                          "data and memory)", boolean, True)
+    ssil_drop_last: bool = option("drop the last, smaller new-data batch of an epoch (official)", boolean, True)
+    ssil_own_base: bool = option("phase 0 with SS-IL's own batches of B_n, weight decay and schedule (official); false: "
+                                 "the run's main stage as every plain-CE method", boolean, True)
     ssil_weight_decay: float = option("weight decay (official: 1e-4)", number(0.0), 1e-4)
     ssil_schedule: str = option("paper: ÷10 at 40 % and 80 % of each phase's epochs (official); run: --lr-schedule",
                                 choice("paper", "run"), "paper")
@@ -79,7 +83,7 @@ class SSIL(Method):
 
     def stages(self, ctx):
         o = self.options
-        if ctx.t == 0 and self.run.base_checkpoint:  # the protocol's shared base phase
+        if ctx.t == 0 and (self.run.base_checkpoint or not o.ssil_own_base):  # the protocol's shared base phase
             return [self.main_stage(ctx)]
         changes: dict[str, Any] = {"weight_decay": o.ssil_weight_decay}
         epochs = self.main_stage(ctx).epochs
@@ -89,11 +93,11 @@ class SSIL(Method):
         if ctx.t == 0:
             return [self.main_stage(ctx, batch_size=o.ssil_batch_new, **changes,
                                     sampler=lambda c: ShuffleBatches(c.data.train, o.ssil_batch_new, c.generator,
-                                                                     drop_last=True))]
+                                                                     drop_last=o.ssil_drop_last))]
         if not o.ssil_ratio_preserving:
             return [self.main_stage(ctx, batch_size=o.ssil_batch_new + o.ssil_batch_memory, **changes)]
         return [self.main_stage(ctx, **changes, sampler=lambda c: RatioPreservingBatches(
-            c, o.ssil_batch_new, o.ssil_batch_memory, drop_last=True))]
+            c, o.ssil_batch_new, o.ssil_batch_memory, drop_last=o.ssil_drop_last))]
 
     def loss(self, ctx, batch: Batch):
         logits = ctx.net(batch.x).float()
