@@ -125,3 +125,30 @@ def test_ssil_round_one_form_is_still_available():
     (stage,) = method.stages(ctx)
     assert stage.weight_decay == 5e-4 and stage.schedule == "cosine"
     assert [len(b) for b in stage.sampler(ctx)] == [160, 160, 36]  # 260 new: the short batch kept
+
+
+@pytest.mark.parametrize("method", [("finetune",), ("ssil", "--ssil-batch-new", "8", "--ssil-batch-memory", "4")])
+def test_phase_steps_give_every_method_the_same_number_of_steps(tiny, monkeypatch, method):
+    from cil_train import loop
+
+    steps: dict[int, int] = {}
+    batches: dict[int, int] = {}
+    original_step, original_budget = loop.Trainer._train_step, loop.Trainer._step_budget
+
+    def count(self, ctx, *args, **kwargs):
+        steps[ctx.t] = steps.get(ctx.t, 0) + 1
+        return original_step(self, ctx, *args, **kwargs)
+
+    def budget(self, ctx, stage, n):
+        batches[ctx.t] = n
+        return original_budget(self, ctx, stage, n)
+
+    monkeypatch.setattr(loop.Trainer, "_train_step", count)
+    monkeypatch.setattr(loop.Trainer, "_step_budget", budget)
+    argv, out = tiny("--method", *method, "--phase-steps", "9", "--base-steps", "5")
+    assert main(argv) == 0
+    for t, n in steps.items():
+        target = 5 if t == 0 else 9
+        assert abs(n - target) <= batches[t] / 2 and n % batches[t] == 0, (t, n, batches[t])
+    losses = [len(p["epoch_losses"]) for p in json.loads((out / "metrics.json").read_text())["phases"]]
+    assert losses == [steps[t] // batches[t] for t in range(3)]

@@ -31,7 +31,7 @@ FORMAT = "cil-train base model"
 VERSION = 1
 
 _DATA_FIELDS = ("data", "data_root", "image_size", "augment", "imbalance", "profile", "images_per_class", "lt_seed")
-_TRAIN_FIELDS = ("backbone", "backbone_weights", "seed", "amp", "channels_last")
+_TRAIN_FIELDS = ("backbone", "backbone_weights", "seed", "amp", "channels_last", "base_steps")
 _STAGE_FIELDS = ("epochs", "lr", "batch_size", "schedule", "lr_steps", "lr_decay", "momentum", "weight_decay",
                  "augment")
 

@@ -101,6 +101,12 @@ class RunConfig:
                          number(1, integer=True), 30, group="training")
     base_epochs: int | None = option("epochs of the base phase (default: --epochs); the papers train it longer",
                                      number(1, optional=True, integer=True), group="training")
+    phase_steps: int | None = option(
+        "optimiser steps of each incremental phase's main stage, the same for every method: its epochs become "
+        "round(N / batches per epoch) (at least 1), the --lr-steps scaled to them; default: --epochs",
+        number(1, optional=True, integer=True), group="training")
+    base_steps: int | None = option("the same for the base phase (default: --base-epochs)",
+                                    number(1, optional=True, integer=True), group="training")
     lr: float = option("initial learning rate of each phase (SGD)", number(0.0, lo_open=True), 0.1, group="training")
     base_lr: float | None = option("initial learning rate of the base phase (default: --lr)",
                                    number(0.0, lo_open=True, optional=True), group="training")

@@ -12,6 +12,7 @@ any stage; a resumed CPU run ends with the same metrics as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ from .evaluation import Extractor, evaluate_phase, run_summary
 from .methods import Batch, method_class
 from .progress import Progress
 from .report import PhaseTable, write_reports
-from .stages import Stage, make_optimizer
+from .stages import Stage, make_optimizer, scale_lr_steps
 from .tblog import TensorBoardLog
 
 __all__ = ["Trainer", "resolve_amp", "resolve_device"]
@@ -332,14 +333,30 @@ class Trainer:
         return PhaseData(x=x.to(self.device), y=y.to(self.device), is_memory=torch.ones(len(y), dtype=torch.bool,
                          device=self.device), train=everything, val=everything[:0], new_x=x[:0], new_y=y[:0])
 
+    def _step_budget(self, ctx: PhaseContext, stage: Stage, batches: int) -> Stage:
+        """The main stage with as many epochs as ``--phase-steps`` / ``--base-steps`` (the same number of
+        optimiser steps for every method of a protocol, whatever its batches), its step schedule scaled."""
+        budget = self.cfg.base_steps if ctx.t == 0 else self.cfg.phase_steps
+        if not budget or batches == 0:
+            return stage
+        epochs = max(1, round(budget / batches))
+        steps = scale_lr_steps(stage.lr_steps, stage.epochs, epochs) if stage.lr_steps else ()
+        if ctx.t == 0 or ctx.t == 1:  # once for the base phase, once for the incremental ones
+            which = "--base-steps" if ctx.t == 0 else "--phase-steps"
+            self.log(f"phase {ctx.t + 1}: {epochs} epochs of {batches} batches = {epochs * batches} steps "
+                     f"({which} {budget})")
+        return dataclasses.replace(stage, epochs=epochs, lr_steps=steps)
+
     def _run_stage(self, ctx: PhaseContext, k: int, stage: Stage, is_last: bool, aug_gen: torch.Generator,
                    phase_losses: list[float], resume: Checkpoint | None, run_start: float) -> None:
         """Train ``stage`` (continuing from ``resume`` when it stopped inside this stage)."""
+        sampler = stage.make_sampler(ctx)
+        if k == 0:
+            stage = self._step_budget(ctx, stage, len(sampler))
         ctx.stage = stage
         params = stage.trainable(ctx.model)
         opt, sched = make_optimizer(stage, params)
         ctx.optimizer = opt
-        sampler = stage.make_sampler(ctx)
         first_epoch = 0
         if resume is not None:
             if resume.optimizer is not None:
