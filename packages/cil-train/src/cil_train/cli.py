@@ -297,7 +297,7 @@ def _train_locked(cfg: RunConfig, out: Path, info: Any, Trainer: Any) -> int:
             f"cil-train {__version__}: method {cfg.method} on {trainer.dataset.name} "
             f"({trainer.scenario.num_classes} classes in {trainer.scenario.num_phases} phases, "
             f"{int(trainer.scenario.train_counts.sum())} training images, "
-            f"ρ={cfg.imbalance:g}), {cfg.backbone}, {_epochs(cfg)} epochs/phase, device {trainer.device} ({amp}"
+            f"ρ={cfg.imbalance:g}), {cfg.backbone}, {_budget(cfg)}, device {trainer.device} ({amp}"
             f"{', ' + str(info.world_size) + ' processes' if info.enabled else ''}), run folder {out}",
             flush=True,
         )
@@ -305,9 +305,11 @@ def _train_locked(cfg: RunConfig, out: Path, info: Any, Trainer: Any) -> int:
     return 0
 
 
-def _epochs(cfg: RunConfig) -> str:
-    return f"{cfg.base_epochs} (base) + {cfg.epochs}" if cfg.base_epochs and cfg.base_epochs != cfg.epochs else \
-        str(cfg.epochs)
+def _budget(cfg: RunConfig) -> str:
+    """The training budget per phase: epochs, or the step budgets of --base-steps / --phase-steps."""
+    base = f"{cfg.base_steps} steps" if cfg.base_steps else f"{cfg.base_epochs or cfg.epochs} epochs"
+    rest = f"{cfg.phase_steps} steps" if cfg.phase_steps else f"{cfg.epochs} epochs"
+    return f"{rest}/phase" if base == rest else f"{base} (base) + {rest}/phase"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
