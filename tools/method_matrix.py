@@ -141,6 +141,9 @@ def write_table(out: Path, cells: list[tuple[str, Path]], title: str) -> str:
         return "(no finished run yet)\n"
     groups = group_runs(runs)
     table = markdown_table(groups)
+    seconds = [r.metrics.get("wall_seconds") or 0.0 for r in runs]
+    table += (f"\n{len(seconds)} runs, {sum(seconds) / 3600:.1f} h of run time in all (each run's wall time; "
+              f"runs that shared the cores overlap)\n")
     (out / "table.md").write_text((f"## {title}\n\n" if title else "") + table)
     summary = summary_json(groups)
     for entry in summary.values():  # run folders relative to OUT, so that a committed summary stays valid
