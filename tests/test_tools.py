@@ -158,3 +158,15 @@ def test_bench_methods_small(tmp_path):
     figures = json.loads(out.read_text())
     assert {"finetune", "icarl", "podnet", "der"} <= set(figures["phase2"])
     assert set(figures["growth"]) == {"der"} and len(figures["growth"]["der"]) == 2  # one row per phase
+
+
+def test_run_times_of_the_committed_matrices(tmp_path):
+    folder = tmp_path / "proto"
+    folder.mkdir()
+    (folder / "matrix.json").write_text(json.dumps({"preset": "glyphs100-lt"}))
+    (folder / "summary.json").write_text(json.dumps({
+        "icarl": {"wall_seconds": {"values": [600.0, 1200.0]}},
+        "icarl (NME)": {"wall_seconds": {"values": [600.0, 1200.0]}}}))
+    done = _run("tools/run_times.py", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "| proto | `glyphs100-lt` | 2 | 15.0 min | 0.5 h |" in done.stdout and "| all | | 2 | | 0.5 h |" in done.stdout
