@@ -170,3 +170,8 @@ def test_run_times_of_the_committed_matrices(tmp_path):
     done = _run("tools/run_times.py", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "| proto | `glyphs100-lt` | 2 | 15.0 min | 0.5 h |" in done.stdout and "| all | | 2 | | 0.5 h |" in done.stdout
+
+
+def test_run_time_table_in_the_readme_is_what_the_results_give():
+    done = _run("tools/run_times.py", "--check")
+    assert done.returncode == 0, done.stderr
