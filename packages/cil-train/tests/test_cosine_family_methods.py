@@ -25,7 +25,9 @@ def test_bsce_variant_overrides_nothing_but_two_switches(base, variant, _):
     for hook in HOOKS:
         assert getattr(variant, hook) is getattr(base, hook), hook
     assert variant.Options is base.Options and variant.evaluation == base.evaluation
-    own = {k for k in vars(variant) if not k.startswith("__")}
+    # plain_base is set on every class (it is not inherited, see Method); both are False here
+    assert variant.plain_base is base.plain_base is False
+    own = {k for k in vars(variant) if not k.startswith("__")} - {"plain_base"}
     assert own == {"name", "summary", "position", "classification", "balanced_finetuning"}
     assert (base.classification, variant.classification) in (("ce", "bsce"), ("nca", "bsce"))
     assert base.balanced_finetuning and not variant.balanced_finetuning
