@@ -46,13 +46,13 @@ class RunSummary:
     metrics: dict[str, Any]
 
     def value(self, key: str) -> float | None:
-        m = self.metrics
+        m = self.metrics  # a key a metrics.json of an older version lacks (e.g. NME's old/new accuracy) is None
         if key == "last_old_acc":
-            return m["old_acc"][-1]
+            return m["old_acc"][-1] if m.get("old_acc") else None
         if key == "last_new_acc":
-            return m["new_acc"][-1]
+            return m["new_acc"][-1] if m.get("new_acc") else None
         if key == "imbalance_score":
-            vals = [v for v in m["imbalance_score"] if v is not None]
+            vals = [v for v in m.get("imbalance_score") or [] if v is not None]
             return sum(vals) / len(vals) if vals else None
         return m.get(key)
 
@@ -147,8 +147,8 @@ def mean_curve(runs: Sequence[RunSummary]) -> dict[str, Any]:
     acc = [_mean_or_none([m["acc_per_phase"][i] for m in same]) for i in range(n)]
     known = [a for a in acc if a is not None]
     return {"phases": first["phases"], "acc_per_phase": acc, "avg_inc_acc": sum(known) / max(1, len(known)),
-            "old_acc": [_mean_or_none([m["old_acc"][i] for m in same]) for i in range(n)],
-            "new_acc": [_mean_or_none([m["new_acc"][i] for m in same]) for i in range(n)]}
+            "old_acc": [_mean_or_none([(m.get("old_acc") or [None] * n)[i] for m in same]) for i in range(n)],
+            "new_acc": [_mean_or_none([(m.get("new_acc") or [None] * n)[i] for m in same]) for i in range(n)]}
 
 
 def plot_comparison(curves: Sequence[tuple[str, dict[str, Any]]], path: Path, title: str = "") -> bool:
