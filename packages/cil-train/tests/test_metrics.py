@@ -85,3 +85,43 @@ def test_empty_sets_give_none():
     empty = torch.zeros(0, dtype=torch.int64)
     assert M.accuracy(empty, empty) is None
     assert M.old_new_accuracy(empty, empty, 2) == (None, None)
+
+
+def test_evaluation_with_nme_runs_one_forward_over_the_test_images():
+    """Phase evaluation with the NME classifier takes the CNN's logits and the test features from one forward,
+    and gives the predictions of the separate forwards it replaces (CNN logits; NME over features)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from cil_models import IncrementalNet, NMEClassifier
+    from cil_train.evaluation import Extractor, evaluate_phase
+
+    torch.manual_seed(0)
+    net = IncrementalNet("resnet8", in_channels=1)
+    net.expand(2)
+    net.expand(2)
+    g = torch.Generator().manual_seed(1)
+    test_x = torch.randint(0, 256, (37, 1, 16, 16), dtype=torch.uint8, generator=g)
+    test_y = torch.arange(37) % 4
+    phase = SimpleNamespace(index=1, num_old=2, num_new=2, num_seen=4)
+    scenario = SimpleNamespace(phase=lambda t: phase, test_data=lambda p: (test_x, test_y),
+                               boundaries=[0, 2, 4], train_counts=torch.tensor([50, 30, 10, 5]))
+    images = torch.randint(0, 256, (9, 1, 16, 16), dtype=torch.uint8, generator=g)
+    memory = type("Memory", (), {"images": images, "labels": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 3]),
+                                 "__len__": lambda self: 9})()
+    extract = Extractor(torch.device("cpu"), 16, lambda u8: u8.float() / 255, contextlib.nullcontext)
+    seen = []
+    real_features = net.features
+    net.features = lambda x: (seen.append(x.shape[0]), real_features(x))[1]
+    rec, pred, _ = evaluate_phase(net, scenario, 1, extract, ("nme",), memory)
+    assert sum(seen) == 37 + 9  # the test images once, the exemplars once
+    net.features = real_features
+    want_cnn = extract(net, test_x, "logits").argmax(1)
+    nme = NMEClassifier()
+    nme.fit(extract(net, memory.images, "features"), memory.labels, 4)
+    want_nme = nme.predict(extract(net, test_x, "features"))
+    assert torch.equal(pred, want_cnn)
+    assert rec["nme"]["acc"] == pytest.approx(M.accuracy(want_nme, test_y))
+    assert rec["acc"] == pytest.approx(M.accuracy(want_cnn, test_y))
+    with pytest.raises(ValueError, match="what must be"):
+        extract(net, test_x, "nme")

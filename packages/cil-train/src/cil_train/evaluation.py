@@ -16,22 +16,38 @@ __all__ = ["Extractor", "evaluate_phase", "run_summary"]
 
 
 class Extractor:
-    """Features or logits of uint8 images in eval mode, in batches of ``batch_size`` (no graph)."""
+    """Features or logits of uint8 images in eval mode, in batches of ``batch_size`` (no graph).
+
+    ``what="both"`` gives the pair ``(logits, features)`` from one forward (the evaluation of a method that
+    reports the nearest-mean classifier too needs both over the test images)."""
 
     def __init__(self, device: torch.device, batch_size: int, to_input: Callable[[torch.Tensor], torch.Tensor],
                  autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
         self.device, self.batch_size, self.to_input, self.autocast = device, batch_size, to_input, autocast
 
     @torch.no_grad()
-    def __call__(self, model: IncrementalNet, images: torch.Tensor, what: str = "logits") -> torch.Tensor:
+    def __call__(self, model: IncrementalNet, images: torch.Tensor,
+                 what: str = "logits") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if what not in ("logits", "features", "both"):
+            raise ValueError(f'what must be "logits", "features" or "both", got {what!r}')
         model.eval()
-        outs = []
+        logits, feats = [], []
         for chunk in images.split(self.batch_size):
             x = self.to_input(chunk.to(self.device, non_blocking=True))
             with self.autocast():
-                out = model.features(x) if what == "features" else model(x)
-            outs.append(out.float())
-        return torch.cat(outs) if outs else torch.zeros(0, device=self.device)
+                if what == "features":
+                    feats.append(model.features(x).float())
+                elif what == "logits":
+                    logits.append(model(x).float())
+                else:
+                    z, f = model(x, return_features=True)
+                    logits.append(z.float())
+                    feats.append(f.float())
+        empty = torch.zeros(0, device=self.device)
+        cat = (lambda parts: torch.cat(parts) if parts else empty)
+        if what == "both":
+            return cat(logits), cat(feats)
+        return cat(feats) if what == "features" else cat(logits)
 
 
 def prediction_metrics(pred: torch.Tensor, y: torch.Tensor, boundaries: list[int], num_old: int,
@@ -59,15 +75,20 @@ def evaluate_phase(model: IncrementalNet, scenario: IncrementalScenario, t: int,
     x, y = scenario.test_data(phase)
     y = y.to(extract.device)
     bounds = list(scenario.boundaries[: t + 2])
-    pred = extract(model, x, "logits").argmax(1)
+    with_nme = "nme" in kinds and memory is not None and len(memory) > 0
+    if with_nme:  # one forward over the test images gives the CNN's logits and the features NME needs
+        logits, test_feats = extract(model, x, "both")
+    else:
+        logits, test_feats = extract(model, x, "logits"), None
+    pred = logits.argmax(1)
     rec = prediction_metrics(pred, y, bounds, phase.num_old, scenario.train_counts)
     if "nme" in kinds:
-        if memory is None or len(memory) == 0:
+        if not with_nme:
             rec["nme"] = None
         else:
             nme = NMEClassifier()
             nme.fit(extract(model, memory.images, "features"), memory.labels.to(extract.device), phase.num_seen)
-            nme_pred = nme.predict(extract(model, x, "features"))
+            nme_pred = nme.predict(test_feats)
             rec["nme"] = prediction_metrics(nme_pred, y, bounds, phase.num_old, scenario.train_counts)
     return rec, pred.cpu(), y.cpu()
 
