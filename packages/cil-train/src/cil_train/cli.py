@@ -131,6 +131,8 @@ def _add_option(group: argparse._ArgumentGroup, f: Any, help_text: str) -> None:
         choices = {"method": ["METHOD"], "preset": ["PRESET"]}.get(f.name, meta.get("choices"))
         kwargs["metavar"] = f.name.upper() if not choices else (
             "{" + ",".join(choices) + "}" if len(choices) > 1 else choices[0])
+        if "flag_value" in meta:
+            kwargs.update(nargs="?", const=meta["flag_value"])
     group.add_argument(option_name(f.name), **kwargs)
 
 
@@ -298,7 +300,8 @@ def _train_locked(cfg: RunConfig, out: Path, info: Any, Trainer: Any) -> int:
             f"({trainer.scenario.num_classes} classes in {trainer.scenario.num_phases} phases, "
             f"{int(trainer.scenario.train_counts.sum())} training images, "
             f"ρ={cfg.imbalance:g}), {cfg.backbone}, {_budget(cfg)}, device {trainer.device} ({amp}"
-            f"{', ' + str(info.world_size) + ' processes' if info.enabled else ''}), run folder {out}",
+            f"{', ' + str(info.world_size) + ' processes' if info.enabled else ''}), "
+            f"{'compiled' if trainer.compiled else 'eager'} ({trainer.compile_reason}), run folder {out}",
             flush=True,
         )
     trainer.run()

@@ -126,8 +126,11 @@ class RunConfig:
     amp: str = option("mixed precision: auto (bf16 where the hardware supports it), bf16, fp16 (cuda), off",
                       choice("auto", "bf16", "fp16", "off"), "auto", group="training")
     channels_last: bool = option("channels_last memory format", boolean, True, group="training")
-    compile: bool = option("torch.compile the network (pays on long runs; first epoch slower)", boolean, False,
-                           group="training")
+    compile: str = option(
+        "torch.compile the feature extractors once per run (every phase and the teacher reuse the graphs; the head "
+        "stays eager): on, off, or auto = on where it was measured to pay: on a CPU, for runs of at least 500,000 "
+        "planned training images (see cil_train.compilation); --compile alone = on",
+        choice("auto", "on", "off"), "auto", group="training", flag_value="on", false_value="off")
     base_checkpoint: str | None = option(
         "a file holding the base model (phase 0): loaded instead of training phase 0 when it exists (it must have "
         "been trained with the same base phase: checked), else written after phase 0; one base model per "

@@ -25,7 +25,7 @@ from cil_data import BatchAugment, ExemplarMemory
 from cil_models import IncrementalNet
 from cil_models.ecosystem import load_backbone_weights
 
-from . import metrics as M
+from . import compilation, metrics as M
 from .base_model import fingerprint as base_fingerprint, load_base, save_base
 from .checkpoint import (CHECKPOINT, Checkpoint, atomic_write_json, checkpoint_candidates, load_checkpoint,
                          remove_temporary_files, save_checkpoint, writing)
@@ -67,6 +67,7 @@ class Trainer:
         if self.memory is not None:
             self.memory.class_order = list(self.scenario.class_order)
         self.evaluation = tuple(dict.fromkeys(self.method.evaluation + (("nme",) if cfg.nme else ())))
+        self.compiled, self.compile_reason = self._compile_decision(budget)
         self.extract = Extractor(self.device, cfg.eval_batch_size, self._normalize, self._autocast)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.memory_file: str | None = None  # the memory file the run stands on (checkpoints name it)
@@ -76,6 +77,18 @@ class Trainer:
         self.records: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
         self._last_prediction: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _compile_decision(self, budget: cil_data.MemoryBudget | None) -> tuple[bool, str]:
+        """``--compile``: on, off, or ``auto`` from the measurements in :mod:`cil_train.compilation`."""
+        if self.method.eager_only and self.cfg.compile != "off":
+            return False, f"{self.cfg.method} runs eager: {self.method.eager_only}"
+        images = 0
+        if self.cfg.compile == "auto":
+            try:
+                images = compilation.planned_images(self.cfg, self.scenario, budget)
+            except cil_data.DataError:
+                pass
+        return compilation.decide(self.cfg.compile, self.device, images)
 
     # -- small helpers ----------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -210,7 +223,11 @@ class Trainer:
             model = self.method.grow_network(ctx)
         ctx.model = model = self._place(model)
         ctx.teacher = self._place(teacher).eval() if teacher is not None else None
-        ctx.net = torch.compile(model) if self.cfg.compile else model
+        if self.compiled:  # in place, once per extractor: later phases and the teacher reuse the graphs
+            compilation.compile_extractors(model)
+            if ctx.teacher is not None:
+                compilation.compile_extractors(ctx.teacher)
+        ctx.net = model
         self._log_phase(phase, data)
         self.method.start_phase(ctx)
         if resume is not None:

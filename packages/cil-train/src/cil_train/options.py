@@ -113,4 +113,17 @@ def option(help: str, validator: Callable | None = None, default: Any = None, *,
         if hasattr(validator, "kind"):
             meta.setdefault("kind", validator.kind)
     converter = _tuple_or_none if meta.get("kind") == "int_list" or "choices_or_list" in meta else None
+    if "flag_value" in meta:  # ``--name`` alone means ``--name FLAG_VALUE``; a bool of older configs maps too
+        converter = _flag_converter(meta["flag_value"], meta.get("false_value"))
     return attrs.field(default=default, validator=validator, converter=converter, metadata=meta)
+
+
+def _flag_converter(on: str, off: str | None) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if value is True:
+            return on
+        if value is False and off is not None:
+            return off
+        return value
+
+    return convert

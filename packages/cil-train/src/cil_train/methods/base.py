@@ -82,6 +82,7 @@ class Method:
             shared main stage and uniform batches, so a base model trained by any such method can be reused
             with ``--base-checkpoint`` (``tests/test_base_checkpoint.py`` checks each method that says so).
             Not inherited: each subclass that keeps a plain phase 0 sets it again.
+        eager_only: why the method cannot run compiled extractors (``--compile``), or "" when it can.
     """
 
     name: ClassVar[str] = ""
@@ -91,6 +92,7 @@ class Method:
     evaluation: ClassVar[tuple[str, ...]] = ("cnn",)
     Options: ClassVar[type] = NoOptions
     plain_base: ClassVar[bool] = False
+    eager_only: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

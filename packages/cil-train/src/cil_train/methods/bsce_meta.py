@@ -58,6 +58,8 @@ class MetaOptions(BSCEOptions):
 @register
 class MetaBalancedSoftmax(BalancedSoftmax):
     name = "bsce-meta"
+    eager_only = ("its meta-gradient differentiates through a training step (create_graph=True), which compiled "
+                  "backward graphs do not support")
     summary = "BalancedS-CE whose old-class weight α is meta-learned on a balanced validation split (Jodelet et al.)"
     memory = "required"
     position = 40
