@@ -17,6 +17,7 @@ Training images/s of every phase with a teacher are printed beside the plain ref
 
     hatch run bench run                                   # icarl and dgr, 10 phases of the embedded data
     hatch run bench run --methods icarl,dgr,lucir --json bench-results/run.json
+    hatch run bench run --methods icarl --compile off,on        # the whole run eager and compiled
 """
 
 from __future__ import annotations
@@ -117,11 +118,12 @@ def _time_teacher_calls(timers: Timers, method) -> None:
     method.make_teacher = make_teacher
 
 
-def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path) -> dict:
+def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, compile_mode: str = "auto") -> dict:
     timers = Timers()
     cfg = RunConfig(method=method, data="npz", data_root=str(npz), imbalance=1.0, phases=args.phases,
                     memory_per_class=20, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
-                    seed=args.seed, plots=False, progress="none", out=str(out), device=args.device)
+                    seed=args.seed, plots=False, progress="none", out=str(out), device=args.device,
+                    compile=compile_mode)
     with contextlib.ExitStack() as stack:
         instrument(stack, timers)
         trainer = L.Trainer(cfg, out, log=lambda _m: None)
@@ -136,7 +138,8 @@ def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path) -> d
         phases.append({"phase": rec["phase"], "images": images, "epochs": len(rec["epoch_losses"]),
                        "img_per_s": images * len(rec["epoch_losses"]) / step_time if step_time else None,
                        **{p: t.get(p, 0.0) for p in PARTS}, "total": t["total"]})
-    return {"method": method, "wall_s": wall, "avg_inc_acc": result["avg_inc_acc"], "phases": phases}
+    return {"method": method, "compile": compile_mode, "compiled": trainer.compiled, "wall_s": wall,
+            "avg_inc_acc": result["avg_inc_acc"], "phases": phases}
 
 
 def _bench_loop():
@@ -160,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--compile", default="auto",
+                   help="--compile of the runs: auto, on, off, or several (e.g. off,on: each method once per mode, "
+                        "compilation included in the compiled run's time)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 600 images, 2 phases, ResNet-8")
     args = p.parse_args(argv)
     if args.quick:
@@ -173,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         npz = bench_loop._subset_npz(ds_full, min(args.images, len(ds_full.train_labels)), tmp)
         ds = cil_data.load_npz(npz)
         ref = bench_loop.reference_loop(ds, args.backbone, args.epochs, args.batch_size, args.workers, args.seed)
-        runs = [run_method(m, npz, args, tmp / m) for m in args.methods.split(",")]
+        modes = args.compile.split(",")
+        runs = [run_method(m, npz, args, tmp / f"{m}-{mode}", mode) for m in args.methods.split(",") for mode in modes]
     print(f"whole run: {args.phases} phases of {ds_full.name} ({args.images} training images), {args.backbone}, "
           f"batch {args.batch_size}, {args.epochs} epoch(s) per phase, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}; reference loop {ref['img_per_s']:.0f} img/s")
     for run in runs:
-        print(f"\n{run['method']}: {run['wall_s']:.1f} s in all, avg. inc. acc {run['avg_inc_acc']:.2f}")
+        print(f"\n{run['method']} ({'compiled' if run['compiled'] else 'eager'}, --compile {run['compile']}): "
+              f"{run['wall_s']:.1f} s in all, avg. inc. acc {run['avg_inc_acc']:.2f}")
         print("| phase | images | train s | teacher s | eval s | memory s | checkpoint s | other s | img/s | × reference |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for ph in run["phases"]:

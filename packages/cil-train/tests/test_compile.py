@@ -99,3 +99,26 @@ def test_planned_images_counts_epochs_memory_and_step_budgets():
     assert compilation.planned_images(cfg, scenario, None) == 400 + 60 + 20
     cfg = SimpleNamespace(base_steps=50, phase_steps=10, base_epochs=None, epochs=2, batch_size=32)
     assert compilation.planned_images(cfg, scenario, budget) == 50 * 32 + 2 * 10 * 32
+
+
+def test_size_gated_compile_runs_other_batch_sizes_eager():
+    """Only the registered (full-batch) sizes go to the compiled graph; a last short batch runs eager, so it
+    does not make the compiler specialise again."""
+    from cil_models import IncrementalNet
+
+    net = IncrementalNet("resnet8", in_channels=1)
+    net.expand(2)
+    sizes = {4}
+    assert compilation.compile_extractors(net, sizes) == 1
+    assert compilation.compile_extractors(net, sizes) == 0  # already compiled
+    gate = net.extractors[0]._compiled_call_impl
+    calls = []
+    gate.compiled = lambda *a, **k: (calls.append(a[0].shape[0]), gate.module._call_impl(*a, **k))[1]
+    net.eval()
+    with torch.no_grad():
+        a = net(torch.randn(4, 1, 16, 16))
+        b = net(torch.randn(3, 1, 16, 16))
+        sizes.add(3)  # the trainer adds a size when an epoch starts with it
+        c = net(torch.randn(3, 1, 16, 16))
+    assert calls == [4, 3] and a.shape == (4, 2) and b.shape == c.shape == (3, 2)
+    assert not compilation.is_compiled(net.frozen_copy().extractors[0])  # a copy starts eager

@@ -68,6 +68,9 @@ class Trainer:
             self.memory.class_order = list(self.scenario.class_order)
         self.evaluation = tuple(dict.fromkeys(self.method.evaluation + (("nme",) if cfg.nme else ())))
         self.compiled, self.compile_reason = self._compile_decision(budget)
+        # batch sizes that run compiled (static shapes): evaluation chunks and each epoch's first (full) batch
+        self.compile_sizes: set[int] = {cfg.eval_batch_size}
+        self._register_batch_size = False
         self.extract = Extractor(self.device, cfg.eval_batch_size, self._normalize, self._autocast)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.memory_file: str | None = None  # the memory file the run stands on (checkpoints name it)
@@ -224,9 +227,9 @@ class Trainer:
         ctx.model = model = self._place(model)
         ctx.teacher = self._place(teacher).eval() if teacher is not None else None
         if self.compiled:  # in place, once per extractor: later phases and the teacher reuse the graphs
-            compilation.compile_extractors(model)
+            compilation.compile_extractors(model, self.compile_sizes)
             if ctx.teacher is not None:
-                compilation.compile_extractors(ctx.teacher)
+                compilation.compile_extractors(ctx.teacher, self.compile_sizes)
         ctx.net = model
         self._log_phase(phase, data)
         self.method.start_phase(ctx)
@@ -412,6 +415,7 @@ class Trainer:
         T = self.scenario.num_phases
         label = "" if stage.name == "main" else f" {stage.name}"
         ctx.model.train()
+        self._register_batch_size = self.compiled
         progress = Progress(len(sampler), f"phase {ctx.t + 1}/{T}{label} epoch {ctx.epoch + 1:>3}/{stage.epochs}",
                             self.cfg.progress if self.info.is_main else "none")
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -447,6 +451,9 @@ class Trainer:
         data = ctx.data
         x = self._to_input(self.augment(data.x[pos], generator=aug_gen)) if ctx.stage.augment else \
             self._normalize(data.x[pos])
+        if self._register_batch_size:  # an epoch's first batch is a full one: that size runs compiled
+            self.compile_sizes.add(int(x.shape[0]))
+            self._register_batch_size = False
         batch = Batch(x=x, y=data.y[pos], is_memory=data.is_memory[pos])
         with self._autocast():
             loss, figures = loss_fn(ctx, batch)
