@@ -77,6 +77,17 @@ def test_wa_clamps_gamma_to_one_by_default():
     assert torch.allclose(head.full_weight()[3:], torch.ones(2, 4))
 
 
+def test_wa_without_aligning_leaves_the_head_as_trained():
+    """--no-wa-align: WA's un-aligned baseline (CE + KD alone), the other side of the claim that aligning helps."""
+    method = WeightAligning(RunConfig(method="wa", backbone="resnet8", method_options={"wa_align": False,
+                                                                                     "wa_clamp": False}))
+    ctx, head = _head_with_small_new_rows()
+    before = head.full_weight().clone()
+    assert method.end_phase(ctx) == {}
+    assert torch.equal(head.full_weight(), before)
+    assert WeightAligning(RunConfig(method="wa", backbone="resnet8")).options.wa_align
+
+
 def test_ssil_defaults_follow_the_official_trainer():
     from cil_train.methods.ssil import SSIL
     from cil_train.stages import RatioPreservingBatches, ShuffleBatches

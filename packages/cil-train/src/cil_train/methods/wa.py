@@ -5,7 +5,8 @@
 ``γ = mean_old ‖W_c‖_p / mean_new ‖W_c‖_p`` (``--wa-p``), clamped to γ ≤ 1 as in the authors' code (the
 default since round 2; ``--no-wa-clamp`` is PyCIL's unclamped form: on an ordered long tail the new
 tail classes have the smaller norms, γ grew to ~1.6 and scaled new rows *up*); optionally the FC
-weights are clipped to ≥ 0 after every step (``--wa-clip``, the authors' code).
+weights are clipped to ≥ 0 after every step (``--wa-clip``, the authors' code). ``--no-wa-align`` skips the
+aligning step: the paper's un-aligned baseline (its ablation), to test the claim that aligning helps.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .registry import register
 
 @attrs.frozen(kw_only=True)
 class WAOptions(KDOptions):
+    wa_align: bool = option("weight aligning after each phase (--no-wa-align: the un-aligned baseline of WA's "
+                            "ablation, the same CE + KD training without the aligning step)", boolean, True)
     wa_p: float = option("norm p of weight aligning", number(0.0, lo_open=True), 2.0)
     wa_clamp: bool = option("clamp γ ≤ 1 (authors' code; --no-wa-clamp: PyCIL's form)", boolean, True)
     wa_clip: bool = option("clip FC weights to ≥ 0 after every step (authors' code)", boolean, False)
@@ -54,7 +57,7 @@ class WeightAligning(Method):
             clip_nonnegative_(ctx.model.head)
 
     def end_phase(self, ctx) -> dict[str, float]:
-        if ctx.num_old == 0:
+        if ctx.num_old == 0 or not self.options.wa_align:
             return {}
         gamma = weight_align(ctx.model.head, ctx.num_old, p=self.options.wa_p, clamp=self.options.wa_clamp)
         return {"wa_gamma": float(gamma)}
