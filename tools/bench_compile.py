@@ -3,9 +3,9 @@
 Three measurements in one run, on synthetic images of the given shape:
 
 1. **cost, cold**: a fresh process with an empty inductor cache compiles what one ``cil-train`` run compiles
-   (the extractors compiled in place as ``--compile`` does: a training step at the batch size, one at a
-   smaller last batch, evaluation without gradients at the evaluation batch size and a remainder, and the
-   teacher, a frozen copy, compiled the same way);
+   (the extractors compiled in place as ``--compile`` does, gated by batch size: a training step at the batch
+   size, one at a smaller last batch, which runs eager, evaluation without gradients at the evaluation batch
+   size and a remainder, eager too, and the teacher, a frozen copy, compiled the same way);
 2. **cost, warm**: the same in a second fresh process that finds the first one's cache (what the next run of a
    matrix pays on the same machine);
 3. **gain**: training steps of an eager and a compiled network alternated in one process (same weights, same
@@ -75,7 +75,8 @@ def compile_sequence(args: argparse.Namespace) -> dict[str, float]:
 
     amp = _amp_dtype(args.amp)
     net = _net(args)
-    compile_extractors(net)
+    sizes = {args.batch_size, args.eval_batch_size}  # what the trainer registers: full batches, evaluation chunks
+    compile_extractors(net, sizes)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     times: dict[str, float] = {}
 
@@ -89,7 +90,7 @@ def compile_sequence(args: argparse.Namespace) -> dict[str, float]:
     timed("eval batch", lambda: _eval(net, _batch(args, args.eval_batch_size)[0], amp))
     timed("eval remainder", lambda: _eval(net, _batch(args, max(1, args.eval_batch_size // 3 - 1))[0], amp))
     teacher = net.frozen_copy()
-    compile_extractors(teacher)
+    compile_extractors(teacher, sizes)
     timed("teacher", lambda: _eval(teacher, _batch(args, args.batch_size)[0], amp))
     # what is left once compiled: the same calls again
     timed("train step (again)", lambda: _step(net, opt, *_batch(args, args.batch_size), amp))
@@ -110,7 +111,7 @@ def gain(args: argparse.Namespace) -> dict[str, float]:
 
     amp = _amp_dtype(args.amp)
     eager, compiled = _net(args), _net(args)
-    compile_extractors(compiled)
+    compile_extractors(compiled, {args.batch_size})
     opts = [torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9) for n in (eager, compiled)]
     x, y = _batch(args, args.batch_size)
     for net, opt in zip((eager, compiled), opts):  # compile (warm cache) and warm up

@@ -14,15 +14,17 @@ and none later.
 
 Caching. Inductor keeps the compiled code in its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by default
 ``/tmp/torchinductor_<user>``), so later runs on the same machine (the other cells of a matrix) skip code
-generation. ``hatch run bench compile`` measures both: on a 2-core AMD EPYC (AVX2, float32, one thread, a
-method matrix running beside it; ResNet-8, batch 64, 1×28×28) one run's compilation took 64.7 s with an empty
-cache and 6.1 s with a warm one, and a compiled training step was 1.09× the eager one (565 vs 520 img/s): it
-breaks even after about 420,000 training images with a cold cache, 40,000 with a warm one. On CPUs with AMX
+generation. ``hatch run bench compile`` measures both (ResNet-8, batch 64, 1×28×28, one thread, float32, on a
+2-core AMD EPYC with AVX2). Quiet host, gated shapes as here: one run's compilation took 28.2 s with an empty
+cache and 2.7 s with a warm one, and a compiled training step was 1.15× the eager one (918 vs 800 img/s): it
+breaks even after about 175,000 training images with a cold cache, 17,000 with a warm one. Under load, with the
+earlier ungated shapes (which also compiled the last short batch): 64.7 s and 6.1 s, 1.09×, break-even after
+about 420,000 images cold. On CPUs with AMX
 the compiled ResNet-32 step was 1.32× (905 vs 687 img/s, bf16 autocast, channels_last).
 
 ``auto`` (the default) compiles on a CPU when the run plans at least :data:`AUTO_MIN_IMAGES` training images
-(forward + backward passes of one image, see :func:`planned_images`): past the cold-cache break-even, so even
-the first run on a machine gains. The rule looks at the run's configuration only, not at the state of the
+(forward + backward passes of one image, see :func:`planned_images`): past both cold-cache break-evens
+above, so even the first run on a machine gains. The rule looks at the run's configuration only, not at the state of the
 cache, so one command compiles (or not) the same way every time: a compiled network's numerics differ from
 the eager one's in the last bits, and a result should not depend on what ran before on the machine. GPUs: not
 measured yet for these networks, so ``auto`` leaves them eager (``--compile on`` compiles).
@@ -65,18 +67,14 @@ class SizeGatedCompile:
         return self.module._call_impl(*args, **kwargs)
 
 
-def compile_extractors(net: Any, sizes: set[int] | None = None) -> int:
-    """Compile every feature extractor of ``net`` in place that is not compiled yet (for the batch sizes in
-    ``sizes``; ``None``: every size, with the compiler's own shape handling); the number compiled now.
-    A deep copy (the teacher, DER's next extractor) starts uncompiled: ``nn.Module`` drops the compiled call
-    when it is copied."""
+def compile_extractors(net: Any, sizes: set[int]) -> int:
+    """Compile every feature extractor of ``net`` in place that is not compiled yet, for the batch sizes in
+    ``sizes`` (:class:`SizeGatedCompile`); the number compiled now. A deep copy (the teacher, DER's next
+    extractor) starts uncompiled: ``nn.Module`` drops the compiled call when it is copied."""
     count = 0
     for extractor in net.extractors:
         if not is_compiled(extractor):
-            if sizes is None:
-                extractor.compile()
-            else:
-                extractor._compiled_call_impl = SizeGatedCompile(extractor, sizes)
+            extractor._compiled_call_impl = SizeGatedCompile(extractor, sizes)
             count += 1
     return count
 

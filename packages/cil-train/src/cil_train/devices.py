@@ -23,8 +23,7 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU has AMX or AVX-512-bf16 (where bf16 autocast is fast)."""
+def _cpu_has_fast_bf16() -> bool:
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         fn = getattr(torch.cpu, probe, None)
         if fn is not None:
@@ -49,4 +48,4 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return torch.bfloat16 if _cpu_has_fast_bf16() else None
