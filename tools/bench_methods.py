@@ -113,7 +113,7 @@ def run_method(name: str, npz: Path, out: Path, args: argparse.Namespace, phases
     argv = ["--method", name, "--data", "npz", "--data-root", str(npz), "--backbone", args.backbone,
             "--phases", str(phases), "--imbalance", "1", "--epochs", str(args.epochs), "--batch-size",
             str(args.batch_size), "--progress", "none", "--no-plots", "--seed", "1", "--out", str(out),
-            "--threads", str(args.threads), "--checkpoint-every", "0"]
+            "--threads", str(args.threads), "--checkpoint-every", "0", "--amp", args.amp]
     if methods()[name].memory != "none":
         argv += ["--memory-per-class", "20"]
     own = {f.name for f in attrs.fields(methods()[name].Options)}
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="first epochs of every stage left out of the timing (kernel set-up; default 1)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--backbone", default="resnet32")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                        help="--amp of the runs (auto: bf16 autocast where the CPU has fast bf16)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--growth-phases", type=int, default=5, choices=(0, 2, 5, 10),
                         help="phases of the DER/FOSTER growth runs (a divisor of the 10 classes; 0: skip)")

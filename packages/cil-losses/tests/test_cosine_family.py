@@ -389,6 +389,20 @@ def test_pod_spatial_identical_zero_and_huge_maps(g):
     assert torch.isfinite(out) and torch.isfinite(huge[0].grad).all()
 
 
+def test_pod_spatial_gradient_keeps_channels_last(g):
+    """The gradient of a channels_last map is channels_last (the sums' backward alone gives NCHW, which sends a
+    channels_last network's batch-norm backward down the slow path); values equal the NCHW map's."""
+    plain = _maps(g, 3, [(4, 5, 3), (2, 3, 3)], grad=True)
+    fast = [a.detach().to(memory_format=torch.channels_last).requires_grad_() for a in plain]
+    teacher = _maps(g, 3, [(4, 5, 3), (2, 3, 3)])
+    want = _grad(CF.pod_spatial_loss(plain, teacher), *plain)
+    got = _grad(CF.pod_spatial_loss(fast, teacher), *fast)
+    for a, b in zip(got, want):
+        assert a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+        _close(a, b)
+    assert _grad(CF.pod_spatial_loss(plain, teacher), *plain)[0].is_contiguous()   # NCHW stays NCHW
+
+
 def test_pod_spatial_dtypes():
     a = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
     assert CF.pod_spatial_loss(a, [x * 2 for x in a]).dtype == torch.float32

@@ -169,6 +169,44 @@ def test_channels_last_gives_same_features(name):
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 
+CHANNELS_LAST_CASES = [("resnet8", {}), ("resnet8", {"last_relu": False}), ("resnet8", {"block_relu": False}),
+                       ("resnet18-cifar", {"last_relu": False})]
+
+
+@pytest.mark.parametrize(("name", "options"), CHANNELS_LAST_CASES)
+@pytest.mark.parametrize("stages", [False, True])
+def test_channels_last_backward_keeps_the_format_and_the_gradients(name, options, stages):
+    """Every batch norm receives its output's gradient channels_last (the mean pooling, the zero-padding
+    shortcut and a loss on the stage maps would give NCHW there, the slow mixed-format kernels on CPUs), and
+    every parameter's gradient equals the NCHW network's."""
+    torch.manual_seed(0)
+    plain = build_backbone(name, 3, **options).double()
+    fast = build_backbone(name, 3, **options).double()
+    fast.load_state_dict(plain.state_dict())
+    fast = fast.to(memory_format=torch.channels_last)
+    formats: list[bool] = []
+
+    def record(_module, _inputs, out):
+        out.register_hook(lambda g: formats.append(g.is_contiguous(memory_format=torch.channels_last)))
+
+    for module in fast.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.register_forward_hook(record)
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+
+    def loss(net, images):
+        if not stages:
+            return net.features(images).square().sum()
+        maps, pooled = net.stage_features(images)
+        return pooled.square().sum() + sum(m.square().sum(3).sum() for m in maps)  # a width sum, as POD-spatial
+
+    loss(plain, x).backward()
+    loss(fast, x.to(memory_format=torch.channels_last)).backward()
+    assert formats and all(formats)
+    for (key, a), b in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-12, msg=key)
+
+
 def test_backward_reaches_every_parameter():
     net = build_backbone("resnet8", 1)
     net(torch.randn(4, 1, 28, 28)).square().mean().backward()

@@ -293,6 +293,29 @@ def _map_list(name: str, value: object) -> list[torch.Tensor]:
     return maps
 
 
+class _GradInChannelsLast(torch.autograd.Function):
+    """Identity whose backward returns the gradient channels_last (applied to channels_last maps only).
+
+    The width/height sums' backward gives an NCHW gradient; added into a channels_last network's gradient it
+    sends every batch-norm backward down the slow mixed-format path on CPUs. Values are unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def _grad_in_map_format(a: torch.Tensor) -> torch.Tensor:
+    """``a``; its gradient keeps ``a``'s channels_last format (a no-op for NCHW maps and maps without grad)."""
+    if a.requires_grad and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last):
+        return _GradInChannelsLast.apply(a)
+    return a
+
+
 def _pod_spatial_embedding(a: torch.Tensor) -> torch.Tensor:
     """``[B, C·H + C·W]``: ``a²`` summed over the width, then over the height, L2-normalised per sample."""
     squared = a.square()
@@ -351,7 +374,7 @@ def pod_spatial_loss(
             raise LossArgumentError(f"every map must have the same batch size: student_maps[0] has {batch}, "
                                     f"student_maps[{index}] {a.shape[0]}")
         _checks.same_device(f"student_maps[{index}]", a, f"teacher_maps[{index}]", b)
-        a = _checks.upcast(a)
+        a = _checks.upcast(_grad_in_map_format(a))
         b = b.detach().to(a.dtype)
         with _checks.autocast_off(a):
             distance = torch.linalg.vector_norm(_pod_spatial_embedding(a) - _pod_spatial_embedding(b), dim=1)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import one_of, positive_int
+from ._memory_format import global_average_pool, grad_like_input
 from .errors import ModelConfigError
 
 SHORTCUTS = ("A", "B")
@@ -62,6 +63,7 @@ class ZeroPadShortcut(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
+        x = grad_like_input(x)  # the strided slice's backward would give the gradient in NCHW
         if self.stride != 1:
             x = x[:, :, :: self.stride, :: self.stride]
         # F.pad on the channel dimension keeps channels_last tensors channels_last.
@@ -171,13 +173,13 @@ class CifarResNet(nn.Module):
         """``(maps, pooled)``: the three stage outputs (as :meth:`feature_maps`) and the pooled
         features ``[B, feature_dim]`` of the same pass (PODNet's POD-spatial / POD-flat inputs)."""
         maps = self.feature_maps(x)
-        return maps, maps[-1].mean(dim=(2, 3))
+        return [grad_like_input(m) for m in maps], global_average_pool(maps[-1])
 
     def features(self, x: Tensor) -> Tensor:
         """Global-average-pooled features ``[B, feature_dim]`` of images ``x`` ``[B, C, H, W]``."""
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
         x = self.stage3(self.stage2(self.stage1(x)))
-        return x.mean(dim=(2, 3))
+        return global_average_pool(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)

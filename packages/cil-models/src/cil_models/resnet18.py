@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
 
 from ._checks import positive_int
+from ._memory_format import global_average_pool, grad_like_input
 
 
 class ResNet18Features(nn.Module):
@@ -87,14 +88,14 @@ class ResNet18Features(nn.Module):
         """``(maps, pooled)``: the four stage outputs (as :meth:`feature_maps`) and the pooled
         features ``[B, 512]`` of the same pass (PODNet's POD-spatial / POD-flat inputs)."""
         maps = self.feature_maps(x)
-        return maps, maps[-1].mean(dim=(2, 3))
+        return [grad_like_input(m) for m in maps], global_average_pool(maps[-1])
 
     def features(self, x: Tensor) -> Tensor:
         """Global-average-pooled features ``[B, 512]`` of images ``x`` ``[B, C, H, W]``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer3(self.layer2(self.layer1(x)))
         x = self.layer4(x) if self.last_relu else self._layer4(x)
-        return x.mean(dim=(2, 3))
+        return global_average_pool(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)
