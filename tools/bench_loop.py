@@ -16,6 +16,7 @@ evaluation excluded), and report images per second; ratios are against the refer
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -64,7 +65,10 @@ class _PerImage(torch.utils.data.Dataset):
 
 
 def reference_loop(ds: cil_data.ImageDataset, backbone: str, epochs: int, batch_size: int, workers: int,
-                   seed: int) -> dict:
+                   seed: int, teacher: bool = False) -> dict:
+    """The plain loop; ``teacher=True`` adds what an incremental phase of iCaRL adds in such a loop (PyCIL's
+    ``_update_representation``): a frozen copy of the network forwarded under ``no_grad`` on the same batch and
+    a temperature-2 KD term on its logits."""
     from torchvision import transforms
 
     size = ds.image_shape[1]
@@ -79,12 +83,18 @@ def reference_loop(ds: cil_data.ImageDataset, backbone: str, epochs: int, batch_
     net = IncrementalNet(backbone, in_channels=ds.image_shape[0])
     net.expand(ds.num_classes)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    old = copy.deepcopy(net).eval() if teacher else None
     net.train()
     n = 0
     start = time.perf_counter()
     for _ in range(epochs):
         for x, y in loader:
-            loss = F.cross_entropy(net(x), y)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            if old is not None:
+                with torch.no_grad():
+                    target = F.softmax(old(x) / 2.0, dim=1)
+                loss = loss + F.kl_div(F.log_softmax(logits / 2.0, dim=1), target, reduction="batchmean")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -12,8 +12,9 @@ loop's steps are timed by wrapping them from outside (nothing in cil-train is ch
 * **checkpoint** — checkpoint and ``metrics.json`` writes; **other** — the rest of the phase (data on the
   device, network growth, imprinting, ...).
 
-Training images/s of every phase with a teacher are printed beside the plain reference loop of ``bench loop``
-(DataLoader + per-image transforms, fp32) measured in the same run on the same images.
+Training images/s of every phase are printed beside the plain reference loop of ``bench loop`` (DataLoader +
+per-image transforms, fp32) measured in the same run on the same images; phases with a teacher are compared with
+the reference loop plus a teacher (a frozen copy forwarded under ``no_grad`` and a KD term, as PyCIL's iCaRL).
 
     hatch run bench run                                   # icarl and dgr, 10 phases of the embedded data
     hatch run bench run --methods icarl,dgr,lucir --json bench-results/run.json
@@ -179,18 +180,22 @@ def main(argv: list[str] | None = None) -> int:
         npz = bench_loop._subset_npz(ds_full, min(args.images, len(ds_full.train_labels)), tmp)
         ds = cil_data.load_npz(npz)
         ref = bench_loop.reference_loop(ds, args.backbone, args.epochs, args.batch_size, args.workers, args.seed)
+        ref_teacher = bench_loop.reference_loop(ds, args.backbone, args.epochs, args.batch_size, args.workers,
+                                                args.seed, teacher=True)
         modes = args.compile.split(",")
         runs = [run_method(m, npz, args, tmp / f"{m}-{mode}", mode) for m in args.methods.split(",") for mode in modes]
     print(f"whole run: {args.phases} phases of {ds_full.name} ({args.images} training images), {args.backbone}, "
           f"batch {args.batch_size}, {args.epochs} epoch(s) per phase, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}; reference loop {ref['img_per_s']:.0f} img/s")
+          f"{platform.processor() or platform.machine()}; reference loop {ref['img_per_s']:.0f} img/s, "
+          f"with a teacher {ref_teacher['img_per_s']:.0f} img/s (phases with a teacher are compared with it)")
     for run in runs:
         print(f"\n{run['method']} ({'compiled' if run['compiled'] else 'eager'}, --compile {run['compile']}): "
               f"{run['wall_s']:.1f} s in all, avg. inc. acc {run['avg_inc_acc']:.2f}")
         print("| phase | images | train s | teacher s | eval s | memory s | checkpoint s | other s | img/s | × reference |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for ph in run["phases"]:
-            ratio = ph["img_per_s"] / ref["img_per_s"] if ph["img_per_s"] else None
+            base = ref_teacher if ph["teacher"] > 0 else ref
+            ratio = ph["img_per_s"] / base["img_per_s"] if ph["img_per_s"] else None
             ph["ratio_to_reference"] = ratio
             print(f"| {ph['phase']} | {ph['images']} | " + " | ".join(f"{ph[p]:.2f}" for p in PARTS)
                   + f" | {ph['img_per_s']:.0f} | {ratio:.2f}× |")
@@ -199,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         print("| all | | " + " | ".join(f"{totals[p]:.2f}" for p in PARTS) + " | | |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"benchmark": "run", "reference": ref, "runs": runs, "phases": args.phases,
+        args.json.write_text(json.dumps({"benchmark": "run", "reference": ref, "reference_with_teacher": ref_teacher,
+                                         "runs": runs, "phases": args.phases,
                                          "epochs": args.epochs, "backbone": args.backbone, "images": args.images,
                                          "threads": torch.get_num_threads(), "torch": torch.__version__,
                                          "python": sys.version.split()[0]}, indent=2))
