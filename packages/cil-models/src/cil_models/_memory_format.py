@@ -18,18 +18,15 @@ def _is_channels_last(x: Tensor) -> bool:
 
 
 class _GradLikeInput(torch.autograd.Function):
-    """Identity; its backward returns the gradient in the channels_last format when the input had it."""
+    """Identity; its backward returns the gradient channels_last (applied to channels_last inputs only)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        ctx.channels_last = _is_channels_last(x)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        if ctx.channels_last:
-            return grad.contiguous(memory_format=torch.channels_last)
-        return grad
+        return grad.contiguous(memory_format=torch.channels_last)
 
 
 def grad_like_input(x: Tensor) -> Tensor:

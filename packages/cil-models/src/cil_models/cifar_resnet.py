@@ -172,8 +172,8 @@ class CifarResNet(nn.Module):
     def stage_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """``(maps, pooled)``: the three stage outputs (as :meth:`feature_maps`) and the pooled
         features ``[B, feature_dim]`` of the same pass (PODNet's POD-spatial / POD-flat inputs)."""
-        maps = self.feature_maps(x)
-        return [grad_like_input(m) for m in maps], global_average_pool(maps[-1])
+        maps = [grad_like_input(m) for m in self.feature_maps(x)]
+        return maps, maps[-1].mean(dim=(2, 3))
 
     def features(self, x: Tensor) -> Tensor:
         """Global-average-pooled features ``[B, feature_dim]`` of images ``x`` ``[B, C, H, W]``."""
