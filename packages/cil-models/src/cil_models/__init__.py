@@ -13,11 +13,14 @@
   channels_last and checkpoints that round-trip exactly; several extractors with
   ``add_extractor`` / ``freeze_extractors`` / ``keep_only_extractor`` and an auxiliary head
   (DER, Yan et al., CVPR 2021; FOSTER, Wang et al., ECCV 2022).
+* :func:`fold_batch_norms`: a forward-only copy of a frozen network with each batch norm folded
+  into the convolution before it (a cheaper teacher).
 """
 
 from .bias_correction import BiasCorrection
 from .cifar_resnet import BasicBlock, CifarResNet, cifar_resnet
 from .errors import CheckpointError, HeadStateError, ModelConfigError
+from .folding import fold_batch_norms
 from .heads import CosineLinear, IncrementalHead, IncrementalLinear
 from .local_similarity import LocalSimilarityHead, kmeans, kmeans_proxies
 from .network import IncrementalNet
@@ -46,6 +49,7 @@ __all__ = [
     "__version__",
     "build_backbone",
     "cifar_resnet",
+    "fold_batch_norms",
     "kmeans",
     "kmeans_proxies",
     "clip_nonnegative_",

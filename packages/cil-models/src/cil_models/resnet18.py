@@ -22,9 +22,12 @@ a 3×3 stride-1 stem followed by a max pool; neither is built here (the stage ou
 
 from __future__ import annotations
 
-import torchvision
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
+
+if TYPE_CHECKING:
+    from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
 
 from ._checks import positive_int
 from ._memory_format import global_average_pool, grad_like_input
@@ -46,6 +49,8 @@ class ResNet18Features(nn.Module):
     ) -> None:
         super().__init__()
         positive_int("in_channels", in_channels)
+        import torchvision  # here, not at module level: importing it costs about 1 s (it loads torch._dynamo)
+
         net = torchvision.models.resnet18(weights=None, zero_init_residual=zero_init_residual)
         self.in_channels = in_channels
         self.cifar_stem = bool(cifar_stem)
