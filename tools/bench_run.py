@@ -105,30 +105,35 @@ def instrument(stack: contextlib.ExitStack, timers: Timers) -> None:
     stack.callback(setattr, L.Trainer, "_run_phase", run_phase)
 
 
-def _time_teacher_calls(timers: Timers, method) -> None:
-    """Teachers made by the method also time their ``features`` / ``stage_features`` calls."""
-    original = method.make_teacher
+def _time_teacher_calls(stack: contextlib.ExitStack, timers: Timers) -> None:
+    """The network of ``PhaseContext.frozen_teacher`` (the teacher, or its copy with folded batch norms) also
+    times its ``features`` / ``stage_features`` calls (LUCIR, PODNet)."""
+    original = PhaseContext.frozen_teacher
 
-    def make_teacher(model):
-        teacher = original(model)
-        for attr in ("features", "stage_features"):
-            if hasattr(teacher, attr):
-                setattr(teacher, attr, _wrap(timers, "teacher", getattr(teacher, attr)))
+    def frozen_teacher(self):
+        teacher = original(self)
+        if not getattr(teacher, "_bench_timed", False):
+            for attr in ("features", "stage_features"):
+                if hasattr(teacher, attr):
+                    setattr(teacher, attr, _wrap(timers, "teacher", getattr(teacher, attr)))
+            teacher._bench_timed = True
         return teacher
 
-    method.make_teacher = make_teacher
+    PhaseContext.frozen_teacher = frozen_teacher
+    stack.callback(setattr, PhaseContext, "frozen_teacher", original)
 
 
-def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, compile_mode: str = "auto") -> dict:
+def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, compile_mode: str = "auto",
+               fold: bool = True) -> dict:
     timers = Timers()
     cfg = RunConfig(method=method, data="npz", data_root=str(npz), imbalance=1.0, phases=args.phases,
                     memory_per_class=20, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
                     seed=args.seed, plots=False, progress="none", out=str(out), device=args.device,
-                    compile=compile_mode)
+                    compile=compile_mode, teacher_fold_bn=fold)
     with contextlib.ExitStack() as stack:
         instrument(stack, timers)
+        _time_teacher_calls(stack, timers)
         trainer = L.Trainer(cfg, out, log=lambda _m: None)
-        _time_teacher_calls(timers, trainer.method)
         start = time.perf_counter()
         result = trainer.run()
         wall = time.perf_counter() - start
@@ -139,7 +144,8 @@ def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, comp
         phases.append({"phase": rec["phase"], "images": images, "epochs": len(rec["epoch_losses"]),
                        "img_per_s": images * len(rec["epoch_losses"]) / step_time if step_time else None,
                        **{p: t.get(p, 0.0) for p in PARTS}, "total": t["total"]})
-    return {"method": method, "compile": compile_mode, "compiled": trainer.compiled, "wall_s": wall,
+    return {"method": method, "compile": compile_mode, "compiled": trainer.compiled, "teacher_fold_bn": fold,
+            "wall_s": wall,
             "avg_inc_acc": result["avg_inc_acc"], "phases": phases}
 
 
@@ -167,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="auto",
                    help="--compile of the runs: auto, on, off, or several (e.g. off,on: each method once per mode, "
                         "compilation included in the compiled run's time)")
+    p.add_argument("--teacher-fold-bn", default="on",
+                   help="--teacher-fold-bn of the runs: on, off, or both (off,on: each method once per setting)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 600 images, 2 phases, ResNet-8")
     args = p.parse_args(argv)
     if args.quick:
@@ -183,13 +191,16 @@ def main(argv: list[str] | None = None) -> int:
         ref_teacher = bench_loop.reference_loop(ds, args.backbone, args.epochs, args.batch_size, args.workers,
                                                 args.seed, teacher=True)
         modes = args.compile.split(",")
-        runs = [run_method(m, npz, args, tmp / f"{m}-{mode}", mode) for m in args.methods.split(",") for mode in modes]
+        folds = [{"on": True, "off": False}[f] for f in args.teacher_fold_bn.split(",")]
+        runs = [run_method(m, npz, args, tmp / f"{m}-{mode}-{'fold' if fold else 'bn'}", mode, fold)
+                for m in args.methods.split(",") for mode in modes for fold in folds]
     print(f"whole run: {args.phases} phases of {ds_full.name} ({args.images} training images), {args.backbone}, "
           f"batch {args.batch_size}, {args.epochs} epoch(s) per phase, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}; reference loop {ref['img_per_s']:.0f} img/s, "
           f"with a teacher {ref_teacher['img_per_s']:.0f} img/s (phases with a teacher are compared with it)")
     for run in runs:
-        print(f"\n{run['method']} ({'compiled' if run['compiled'] else 'eager'}, --compile {run['compile']}): "
+        fold = "" if run["compiled"] else f", teacher batch norms {'folded' if run['teacher_fold_bn'] else 'kept'}"
+        print(f"\n{run['method']} ({'compiled' if run['compiled'] else 'eager'}, --compile {run['compile']}{fold}): "
               f"{run['wall_s']:.1f} s in all, avg. inc. acc {run['avg_inc_acc']:.2f}")
         print("| phase | images | train s | teacher s | eval s | memory s | checkpoint s | other s | img/s | × reference |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -202,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         totals = {p: sum(ph[p] for ph in run["phases"]) for p in PARTS}
         run["totals"] = totals
         print("| all | | " + " | ".join(f"{totals[p]:.2f}" for p in PARTS) + " | | |")
+        with_teacher = [ph["ratio_to_reference"] for ph in run["phases"]
+                        if ph["teacher"] > 0 and ph["ratio_to_reference"] is not None]
+        run["mean_ratio_with_teacher"] = sum(with_teacher) / len(with_teacher) if with_teacher else None
+        if with_teacher:
+            print(f"phases with a teacher: {run['mean_ratio_with_teacher']:.2f}× the reference loop with a teacher "
+                  f"(mean of {len(with_teacher)} phases, {min(with_teacher):.2f}–{max(with_teacher):.2f}×)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"benchmark": "run", "reference": ref, "reference_with_teacher": ref_teacher,

@@ -44,7 +44,8 @@ class PhaseContext:
         t: phase index (0 = base phase).
         model: the network being trained (``cil_models.IncrementalNet``); ``net``: the same, possibly compiled
             for the forward pass.
-        teacher: frozen network after the previous phase (None in phase 0).
+        teacher: frozen network after the previous phase (None in phase 0); :meth:`frozen_teacher` is the
+            network to run its forward passes on (``--teacher-fold-bn``: a copy with folded batch norms).
         num_old / num_new / num_seen: class counts; classes ``< num_old`` are old.
         boundaries: task boundaries of the seen classes, ``[0, |S_0|, |S_0|+|S_1|, ...]``.
         data: the phase's :class:`PhaseData`.
@@ -82,6 +83,8 @@ class PhaseContext:
     stage: Any = None
     step: int = 0
     epoch: int = 0
+    fold_teacher: bool = False
+    _folded: tuple[Any, Any] | None = field(default=None, repr=False)  # (teacher, its folded copy)
 
     @property
     def options(self) -> Any:
@@ -96,12 +99,25 @@ class PhaseContext:
         """Boundaries of the old tasks only (``[0, ..., num_old]``)."""
         return self.boundaries[: self.t + 1]
 
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the previous phase's frozen network (eval mode, no graph)."""
+    def frozen_teacher(self) -> Any:
+        """The teacher for forward passes without a graph: with ``fold_teacher`` a copy of :attr:`teacher` whose
+        batch norms are folded into their convolutions (:func:`cil_models.fold_batch_norms`, made once per
+        teacher), else :attr:`teacher` itself. Gradients never flow through it."""
         if self.teacher is None:
             raise RuntimeError("phase 0 has no teacher")
+        if not self.fold_teacher:
+            return self.teacher
+        if self._folded is None or self._folded[0] is not self.teacher:
+            from cil_models import fold_batch_norms
+
+            self._folded = (self.teacher, fold_batch_norms(self.teacher))
+        return self._folded[1]
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the previous phase's frozen network (eval mode, no graph)."""
+        teacher = self.frozen_teacher()
         with torch.no_grad():
-            return self.teacher(x)
+            return teacher(x)
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else float(self.run.lr)

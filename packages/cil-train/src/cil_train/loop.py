@@ -319,6 +319,7 @@ class Trainer:
             original_counts=original, memory_counts=mem_counts, n_seen=int(original[:num_old].sum()),
             n_new=data.num_new_images, dataset_mean_count=float(counts_all.double().mean()), generator=gen,
             normalize=self._normalize, extract=self.extract,
+            fold_teacher=self.cfg.teacher_fold_bn and not self.compiled,
         )
 
     def _log_phase(self, phase: cil_data.Phase, data: PhaseData) -> None:

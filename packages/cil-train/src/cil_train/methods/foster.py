@@ -189,7 +189,7 @@ class FOSTER(Method):
 
     def compression_loss(self, ctx, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
         with torch.no_grad():
-            teacher = ctx.teacher(batch.x).float()
+            teacher = ctx.frozen_teacher()(batch.x).float()
         student = ctx.net(batch.x).float()
         loss = E.balanced_kd(student, teacher, self._weights["compress"].to(student.device),
                              self.options.kd_temperature)

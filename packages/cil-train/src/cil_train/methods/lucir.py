@@ -98,7 +98,7 @@ class LUCIR(Method):
         if ctx.num_old == 0:
             return ce, {"ce": ce.detach()}
         with torch.no_grad():
-            teacher_feats = ctx.teacher.features(batch.x)
+            teacher_feats = ctx.frozen_teacher().features(batch.x)
         lf = L.lucir_lambda(ctx.num_old, ctx.num_new, o.lucir_lambda_base) * L.less_forget_loss(
             feats.float(), teacher_feats.float())
         mr = o.lucir_mr_weight * L.margin_ranking_loss(cos, batch.y, ctx.num_old, o.lucir_margin, o.lucir_k,

@@ -121,7 +121,7 @@ class PODNet(Method):
         if ctx.num_old == 0:
             return cls, {"cls": cls.detach()}
         with torch.no_grad():
-            teacher_maps, teacher_feats = ctx.teacher.stage_features(batch.x)
+            teacher_maps, teacher_feats = ctx.frozen_teacher().stage_features(batch.x)
         lam_f, lam_c = L.podnet_lambdas(ctx.num_seen, ctx.num_new, o.podnet_flat, o.podnet_spatial)
         flat = lam_f * L.pod_flat_loss(feats.float(), teacher_feats.float())
         spatial = lam_c * L.pod_spatial_loss([m.float() for m in maps], [m.float() for m in teacher_maps])

@@ -1,0 +1,69 @@
+"""--teacher-fold-bn (default on): the teacher's forward passes run on a copy with folded batch norms, which
+gives the teacher's outputs up to rounding; runs with and without it end with the same results (float32)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from cil_models import IncrementalNet
+from cil_train.cli import main
+from cil_train.context import PhaseContext
+
+
+def _context(teacher, fold: bool) -> PhaseContext:
+    return PhaseContext(run=None, t=1, model=None, teacher=teacher, device=torch.device("cpu"), num_old=3, num_new=2,
+                        boundaries=[0, 3, 5], data=None, class_counts=None, original_counts=None,
+                        memory_counts=None, n_seen=0, n_new=0, dataset_mean_count=0.0, generator=None,
+                        normalize=None, extract=None, fold_teacher=fold)
+
+
+def _teacher() -> IncrementalNet:
+    torch.manual_seed(0)
+    net = IncrementalNet("resnet8", in_channels=1)
+    net.expand(3)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2.0)
+    return net.frozen_copy()
+
+
+def test_frozen_teacher_is_a_folded_copy_made_once_per_teacher():
+    teacher = _teacher()
+    ctx = _context(teacher, fold=True)
+    folded = ctx.frozen_teacher()
+    assert folded is not teacher and ctx.frozen_teacher() is folded
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(ctx.teacher_logits(x), teacher(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(folded.features(x), teacher.features(x), rtol=1e-5, atol=1e-5)
+    ctx.teacher = _teacher()  # a new teacher in the phase (FOSTER's compression): a new copy
+    assert ctx.frozen_teacher() is not folded
+
+
+def test_without_folding_the_teacher_itself_runs():
+    teacher = _teacher()
+    ctx = _context(teacher, fold=False)
+    assert ctx.frozen_teacher() is teacher
+    with pytest.raises(RuntimeError, match="no teacher"):
+        _context(None, fold=True).frozen_teacher()
+
+
+@pytest.mark.parametrize("method", ["icarl", "lucir", "podnet"])
+def test_runs_with_and_without_folding_end_alike(tiny, method):
+    results = []
+    for flag in ("--teacher-fold-bn", "--no-teacher-fold-bn"):
+        argv, out = tiny("--method", method, "--amp", "off", flag, out=flag.strip("-"))
+        assert main(argv) == 0
+        assert json.loads((out / "config.json").read_text())["teacher_fold_bn"] == (flag == "--teacher-fold-bn")
+        results.append(json.loads((out / "metrics.json").read_text()))
+    folded, kept = results
+    # float32 rounding differences only: the same accuracies up to one test image of 60 in a phase
+    for a, b in zip(folded["acc_per_phase"], kept["acc_per_phase"]):
+        assert abs(a - b) <= 100 / 60 * 1.01
