@@ -129,7 +129,7 @@ def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, comp
     cfg = RunConfig(method=method, data="npz", data_root=str(npz), imbalance=1.0, phases=args.phases,
                     memory_per_class=20, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
                     seed=args.seed, plots=False, progress="none", out=str(out), device=args.device,
-                    compile=compile_mode, teacher_fold_bn=fold)
+                    compile=compile_mode, fold_bn=fold)
     with contextlib.ExitStack() as stack:
         instrument(stack, timers)
         _time_teacher_calls(stack, timers)
@@ -144,7 +144,7 @@ def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, comp
         phases.append({"phase": rec["phase"], "images": images, "epochs": len(rec["epoch_losses"]),
                        "img_per_s": images * len(rec["epoch_losses"]) / step_time if step_time else None,
                        **{p: t.get(p, 0.0) for p in PARTS}, "total": t["total"]})
-    return {"method": method, "compile": compile_mode, "compiled": trainer.compiled, "teacher_fold_bn": fold,
+    return {"method": method, "compile": compile_mode, "compiled": trainer.compiled, "fold_bn": fold,
             "wall_s": wall,
             "avg_inc_acc": result["avg_inc_acc"], "phases": phases}
 
@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="auto",
                    help="--compile of the runs: auto, on, off, or several (e.g. off,on: each method once per mode, "
                         "compilation included in the compiled run's time)")
-    p.add_argument("--teacher-fold-bn", default="on",
-                   help="--teacher-fold-bn of the runs: on, off, or both (off,on: each method once per setting)")
+    p.add_argument("--fold-bn", default="on",
+                   help="--fold-bn of the runs (eager ones): on, off, or both (off,on: each method once per setting)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 600 images, 2 phases, ResNet-8")
     args = p.parse_args(argv)
     if args.quick:
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         ref_teacher = bench_loop.reference_loop(ds, args.backbone, args.epochs, args.batch_size, args.workers,
                                                 args.seed, teacher=True)
         modes = args.compile.split(",")
-        folds = [{"on": True, "off": False}[f] for f in args.teacher_fold_bn.split(",")]
+        folds = [{"on": True, "off": False}[f] for f in args.fold_bn.split(",")]
         runs = [run_method(m, npz, args, tmp / f"{m}-{mode}-{'fold' if fold else 'bn'}", mode, fold)
                 for m in args.methods.split(",") for mode in modes for fold in folds]
     print(f"whole run: {args.phases} phases of {ds_full.name} ({args.images} training images), {args.backbone}, "
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.processor() or platform.machine()}; reference loop {ref['img_per_s']:.0f} img/s, "
           f"with a teacher {ref_teacher['img_per_s']:.0f} img/s (phases with a teacher are compared with it)")
     for run in runs:
-        fold = "" if run["compiled"] else f", teacher batch norms {'folded' if run['teacher_fold_bn'] else 'kept'}"
+        fold = "" if run["compiled"] else f", --fold-bn {'on' if run['fold_bn'] else 'off'}"
         print(f"\n{run['method']} ({'compiled' if run['compiled'] else 'eager'}, --compile {run['compile']}{fold}): "
               f"{run['wall_s']:.1f} s in all, avg. inc. acc {run['avg_inc_acc']:.2f}")
         print("| phase | images | train s | teacher s | eval s | memory s | checkpoint s | other s | img/s | × reference |")

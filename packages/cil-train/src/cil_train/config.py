@@ -138,10 +138,11 @@ class RunConfig:
         group="training")
     threads: int | None = option("CPU threads for torch (default: torch's choice)",
                                  number(1, optional=True, integer=True), group="training")
-    teacher_fold_bn: bool = option(
-        "run the teacher's forward passes on a copy with each batch norm folded into the convolution before it "
-        "(the same function up to rounding, one pass over each feature map fewer; cil_models.fold_batch_norms); "
-        "not with --compile, whose teacher reuses the student's graphs", boolean, True, group="training")
+    fold_bn: bool = option(
+        "run the forward passes that need no gradients (the teacher's, evaluation, feature extraction for herding "
+        "and class means) on a copy with each batch norm folded into the convolution before it: the same function "
+        "up to rounding, one pass over each feature map fewer (cil_models.fold_batch_norms); not with --compile, "
+        "whose graphs are shared by the student, the teacher and evaluation", boolean, True, group="training")
     eval_batch_size: int = option("batch size of evaluation and feature extraction", number(1, integer=True), 512,
                                   group="training")
     nme: bool = option("also evaluate nearest-mean-of-exemplars (methods that report it do so anyway)", boolean, False,

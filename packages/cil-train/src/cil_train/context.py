@@ -45,7 +45,7 @@ class PhaseContext:
         model: the network being trained (``cil_models.IncrementalNet``); ``net``: the same, possibly compiled
             for the forward pass.
         teacher: frozen network after the previous phase (None in phase 0); :meth:`frozen_teacher` is the
-            network to run its forward passes on (``--teacher-fold-bn``: a copy with folded batch norms).
+            network to run its forward passes on (``--fold-bn``: a copy with folded batch norms).
         num_old / num_new / num_seen: class counts; classes ``< num_old`` are old.
         boundaries: task boundaries of the seen classes, ``[0, |S_0|, |S_0|+|S_1|, ...]``.
         data: the phase's :class:`PhaseData`.

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from cil_data import ExemplarMemory, IncrementalScenario
-from cil_models import IncrementalNet, NMEClassifier
+from cil_models import IncrementalNet, NMEClassifier, fold_batch_norms
 
 from . import metrics as M
 
@@ -19,11 +19,14 @@ class Extractor:
     """Features or logits of uint8 images in eval mode, in batches of ``batch_size`` (no graph).
 
     ``what="both"`` gives the pair ``(logits, features)`` from one forward (the evaluation of a method that
-    reports the nearest-mean classifier too needs both over the test images)."""
+    reports the nearest-mean classifier too needs both over the test images). With ``fold_bn`` the forwards run
+    on a copy of the model with folded batch norms (:func:`cil_models.fold_batch_norms`, made per call: a few
+    milliseconds for a ResNet-32)."""
 
     def __init__(self, device: torch.device, batch_size: int, to_input: Callable[[torch.Tensor], torch.Tensor],
-                 autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
+                 autocast: Callable[[], contextlib.AbstractContextManager], *, fold_bn: bool = False) -> None:
         self.device, self.batch_size, self.to_input, self.autocast = device, batch_size, to_input, autocast
+        self.fold_bn = fold_bn
 
     @torch.no_grad()
     def __call__(self, model: IncrementalNet, images: torch.Tensor,
@@ -31,6 +34,8 @@ class Extractor:
         if what not in ("logits", "features", "both"):
             raise ValueError(f'what must be "logits", "features" or "both", got {what!r}')
         model.eval()
+        if self.fold_bn and len(images):
+            model = fold_batch_norms(model)
         logits, feats = [], []
         for chunk in images.split(self.batch_size):
             x = self.to_input(chunk.to(self.device, non_blocking=True))

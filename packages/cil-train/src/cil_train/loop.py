@@ -71,7 +71,8 @@ class Trainer:
         # batch sizes that run compiled (static shapes): evaluation chunks and each epoch's first (full) batch
         self.compile_sizes: set[int] = {cfg.eval_batch_size}
         self._register_batch_size = False
-        self.extract = Extractor(self.device, cfg.eval_batch_size, self._normalize, self._autocast)
+        self.extract = Extractor(self.device, cfg.eval_batch_size, self._normalize, self._autocast,
+                                 fold_bn=cfg.fold_bn and not self.compiled)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.memory_file: str | None = None  # the memory file the run stands on (checkpoints name it)
         self.tb: TensorBoardLog | None = None  # --log tensorboard
@@ -319,7 +320,7 @@ class Trainer:
             original_counts=original, memory_counts=mem_counts, n_seen=int(original[:num_old].sum()),
             n_new=data.num_new_images, dataset_mean_count=float(counts_all.double().mean()), generator=gen,
             normalize=self._normalize, extract=self.extract,
-            fold_teacher=self.cfg.teacher_fold_bn and not self.compiled,
+            fold_teacher=self.cfg.fold_bn and not self.compiled,
         )
 
     def _log_phase(self, phase: cil_data.Phase, data: PhaseData) -> None:

@@ -1,8 +1,9 @@
-"""--teacher-fold-bn (default on): the teacher's forward passes run on a copy with folded batch norms, which
-gives the teacher's outputs up to rounding; runs with and without it end with the same results (float32)."""
+"""--fold-bn (default on): the teacher's forwards, evaluation and feature extraction run on a copy with folded
+batch norms, which gives the same outputs up to rounding; runs with and without it end alike (float32)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 from cil_models import IncrementalNet
 from cil_train.cli import main
 from cil_train.context import PhaseContext
+from cil_train.evaluation import Extractor
 
 
 def _context(teacher, fold: bool) -> PhaseContext:
@@ -55,13 +57,28 @@ def test_without_folding_the_teacher_itself_runs():
         _context(None, fold=True).frozen_teacher()
 
 
+@pytest.mark.parametrize("what", ["logits", "features", "both"])
+def test_extractor_with_folding_gives_the_model_outputs(what):
+    model = _teacher()
+    model.requires_grad_(True)
+    images = torch.randint(0, 256, (37, 1, 28, 28), dtype=torch.uint8)
+    make = lambda fold: Extractor(torch.device("cpu"), 16, lambda u8: u8.float() / 255, contextlib.nullcontext,
+                                  fold_bn=fold)
+    folded, plain = make(True)(model, images, what), make(False)(model, images, what)
+    for a, b in zip(folded if what == "both" else [folded], plain if what == "both" else [plain]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert all(p.requires_grad for p in model.parameters())  # the model itself is untouched
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert make(True)(model, images[:0], what) is not None  # no images: no copy, empty outputs
+
+
 @pytest.mark.parametrize("method", ["icarl", "lucir", "podnet"])
 def test_runs_with_and_without_folding_end_alike(tiny, method):
     results = []
-    for flag in ("--teacher-fold-bn", "--no-teacher-fold-bn"):
+    for flag in ("--fold-bn", "--no-fold-bn"):
         argv, out = tiny("--method", method, "--amp", "off", flag, out=flag.strip("-"))
         assert main(argv) == 0
-        assert json.loads((out / "config.json").read_text())["teacher_fold_bn"] == (flag == "--teacher-fold-bn")
+        assert json.loads((out / "config.json").read_text())["fold_bn"] == (flag == "--fold-bn")
         results.append(json.loads((out / "metrics.json").read_text()))
     folded, kept = results
     # float32 rounding differences only: the same accuracies up to one test image of 60 in a phase
