@@ -153,6 +153,17 @@ def test_bench_run_quick_splits_every_phase(tmp_path):
     assert first["ratio_to_reference"] == pytest.approx(first["img_per_s"] / figures["reference"]["img_per_s"])
 
 
+def test_bench_eval_quick(tmp_path):
+    out = tmp_path / "eval.json"
+    done = _run("tools/bench.py", "eval", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    rows = {(r["batch"], r["fold_bn"]): r for r in figures["results"]}
+    assert set(rows) == {(64, False), (64, True), (512, False), (512, True)}
+    assert rows[(512, False)]["ratio"] == pytest.approx(1.0) and all(r["img_per_s"] > 0 for r in rows.values())
+    assert "× reference" in done.stdout
+
+
 @pytest.mark.slow
 def test_bench_methods_small(tmp_path):
     out = tmp_path / "methods.json"
