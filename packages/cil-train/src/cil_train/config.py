@@ -143,8 +143,10 @@ class RunConfig:
         "and class means) on a copy with each batch norm folded into the convolution before it: the same function "
         "up to rounding, one pass over each feature map fewer (cil_models.fold_batch_norms); not with --compile, "
         "whose graphs are shared by the student, the teacher and evaluation", boolean, True, group="training")
-    eval_batch_size: int = option("batch size of evaluation and feature extraction", number(1, integer=True), 512,
-                                  group="training")
+    eval_batch_size: int | None = option(
+        "batch size of evaluation and feature extraction (default: 256 on a CPU, where `hatch run bench eval` found "
+        "128-256 fastest and 512 up to 1.4x slower, float32 and bf16; 512 on a GPU, not measured)",
+        number(1, optional=True, integer=True), group="training")
     nme: bool = option("also evaluate nearest-mean-of-exemplars (methods that report it do so anyway)", boolean, False,
                        group="training")
     # -- output ----------------------------------------------------------------------------
