@@ -42,8 +42,9 @@ def _phase_ctx(method, head_kind):
     x = torch.randn(6, 1, 16, 16)
     y = torch.tensor([0, 1, 2, 3, 2, 3])
     counts = torch.tensor([2.0, 2.0, 30.0, 10.0])
-    return SimpleNamespace(model=model, net=model, teacher=teacher, t=1, num_old=2, num_new=2, num_seen=4,
-                           class_counts=counts, dataset_mean_count=20.0), Batch(x=x, y=y, is_memory=y < 2)
+    return SimpleNamespace(model=model, net=model, teacher=teacher, frozen_teacher=lambda: teacher, t=1, num_old=2,
+                           num_new=2, num_seen=4, class_counts=counts, dataset_mean_count=20.0), \
+        Batch(x=x, y=y, is_memory=y < 2)
 
 
 @pytest.mark.parametrize(("base", "variant", "extra"), PAIRS, ids=["lucir", "podnet"])
