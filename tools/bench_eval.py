@@ -30,16 +30,13 @@ from cil_train.evaluation import Extractor
 
 
 def _extractor(batch: int, fold: bool, amp: torch.dtype | None, mean, std) -> Extractor:
-    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-
-    def to_input(u8: torch.Tensor) -> torch.Tensor:
-        x = (u8.float() / 255 - mean_t) / std_t
-        return x.contiguous(memory_format=torch.channels_last)
+    """The Extractor as a run builds it: the run's normalisation (``BatchAugment.normalize``), channels_last."""
+    normalize = cil_data.BatchAugment.from_policy("none", mean, std, channels_last=True).normalize
 
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast("cpu", dtype=amp) if amp is not None else contextlib.nullcontext()
 
-    return Extractor(torch.device("cpu"), batch, to_input, autocast, fold_bn=fold)
+    return Extractor(torch.device("cpu"), batch, normalize, autocast, fold_bn=fold)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,8 +78,10 @@ class Trainer:
         self.eval_batch_size = cfg.eval_batch_size or (EVAL_BATCH_CPU if self.device.type == "cpu" else EVAL_BATCH_GPU)
         self.compile_sizes: set[int] = {self.eval_batch_size}
         self._register_batch_size = False
+        # forwards without gradients (teacher, evaluation, extraction) on folded copies; compiled runs share graphs
+        self.fold_bn = cfg.fold_bn and not self.compiled
         self.extract = Extractor(self.device, self.eval_batch_size, self._normalize, self._autocast,
-                                 fold_bn=cfg.fold_bn and not self.compiled)
+                                 fold_bn=self.fold_bn)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.memory_file: str | None = None  # the memory file the run stands on (checkpoints name it)
         self.tb: TensorBoardLog | None = None  # --log tensorboard
@@ -327,7 +329,7 @@ class Trainer:
             original_counts=original, memory_counts=mem_counts, n_seen=int(original[:num_old].sum()),
             n_new=data.num_new_images, dataset_mean_count=float(counts_all.double().mean()), generator=gen,
             normalize=self._normalize, extract=self.extract,
-            fold_teacher=self.cfg.fold_bn and not self.compiled,
+            fold_teacher=self.fold_bn,
         )
 
     def _log_phase(self, phase: cil_data.Phase, data: PhaseData) -> None:
