@@ -69,6 +69,34 @@ def test_method_matrix_runs_and_tabulates(tmp_path):
     cloned = _run(*args)
     assert cloned.returncode == 0 and cloned.stdout.count(": done (record)") == 4, cloned.stdout[-2000:]
     assert (out / "table.md").read_text() == table
+    # adding a method to the folder runs only its cells and keeps the folder's other rows in the table
+    common = args[args.index("--out"):]
+    added = _run("tools/method_matrix.py", "--preset", "embedded-lt", "--methods", "icarl", "--seeds", "1", *common)
+    assert added.returncode == 0 and added.stdout.count("icarl seed 1: ran") == 1, added.stdout[-2000:]
+    table = (out / "table.md").read_text()
+    assert "| finetune | 2 |" in table and "| IC+KD | 2 |" in table and "| icarl | 1 |" in table
+    assert list(json.loads((out / "matrix.json").read_text())["variants"]) == ["finetune", "IC+KD", "icarl"]
+    rebuilt = _run("tools/method_matrix.py", "--table-only", "--out", str(out))  # the folder's own variants
+    assert rebuilt.returncode == 0 and (out / "table.md").read_text() == table
+
+
+def test_method_matrix_merges_only_cells_that_compare():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from method_matrix import merge_matrix
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    first = merge_matrix(None, "p", [("a", ["--method", "a"])], [1, 2], ["--threads", "1"])
+    both = merge_matrix(first, "p", [("b", ["--method", "b", "--x"]), ("a", ["--method", "a"])], [3, 1],
+                        ["--threads", "1"])
+    assert both == {"preset": "p", "variants": {"a": ["--method", "a"], "b": ["--method", "b", "--x"]},
+                    "seeds": [1, 2, 3], "common_options": ["--threads", "1"]}
+    with pytest.raises(SystemExit, match="preset"):
+        merge_matrix(first, "q", [("b", ["--method", "b"])], [1], ["--threads", "1"])
+    with pytest.raises(SystemExit, match="same options"):
+        merge_matrix(first, "p", [("b", ["--method", "b"])], [1], [])
+    with pytest.raises(SystemExit, match="another label"):
+        merge_matrix(first, "p", [("a", ["--method", "a", "--y"])], [1], ["--threads", "1"])
 
 
 def test_method_matrix_shares_one_base_model_per_seed(tmp_path):

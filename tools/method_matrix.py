@@ -24,6 +24,11 @@ A variant is a method name, or ``LABEL=METHOD OPTIONS...`` for ablations, e.g.::
 
 Options after ``--`` go to every run (e.g. ``-- --epochs 8 --threads 2``).
 
+``OUT/matrix.json`` records every variant and seed the folder holds, so a later call that adds methods or
+seeds to a committed matrix merges with it: it runs only the cells it names, and the table and summary keep
+every variant and seed of the folder (a call with other common options or another preset than the folder's is
+refused, since its cells would not compare). ``--table-only`` without methods rebuilds the folder's table.
+
 ``--shared-base`` trains one base model per seed (``OUT/base/seed<N>.pt``, not committed) and gives it to
 every cell whose method's phase 0 is plain cross-entropy (``--base-checkpoint``; finetune, il-baseline,
 lwf, icarl, wa, ssil), as the papers start their methods from one base model: those methods then differ
@@ -60,6 +65,30 @@ def parse_variants(methods: str | None, variants: list[str]) -> list[tuple[str, 
     if not out:
         raise SystemExit("give --methods and/or --variant")
     return out
+
+
+def merge_matrix(old: dict | None, preset: str, variants: list[tuple[str, list[str]]], seeds: list[int],
+                 common: list[str]) -> dict:
+    """The folder's ``matrix.json`` with the given variants and seeds added (``old`` is the file's content).
+
+    Refuses (``SystemExit``) a preset or common options that differ from the folder's, and a label that the
+    folder already holds with other options: the folder's cells must compare.
+    """
+    if old is None:
+        return {"preset": preset, "variants": dict(variants), "seeds": list(seeds), "common_options": list(common)}
+    if old["preset"] != preset:
+        raise SystemExit(f"this folder holds a matrix of preset {old['preset']!r}, not {preset!r}: use another --out")
+    if list(old.get("common_options", [])) != list(common):
+        raise SystemExit(f"this folder's runs were given {shlex.join(old.get('common_options', []))!r} after --, "
+                         f"this call {shlex.join(common)!r}: give the same options or use another --out")
+    merged = dict(old["variants"])
+    for label, opts in variants:
+        if label in merged and merged[label] != opts:
+            raise SystemExit(f"variant {label!r} is in this folder as {shlex.join(merged[label])!r}, "
+                             f"not {shlex.join(opts)!r}: give it another label")
+        merged[label] = opts
+    return {"preset": preset, "variants": merged, "seeds": [*old["seeds"], *(s for s in seeds if s not in old["seeds"])],
+            "common_options": list(common)}
 
 
 def _safe(label: str) -> str:
@@ -164,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, common = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--preset", required=True)
+    p.add_argument("--preset", help="the protocol (a cil-train preset); default with --table-only: the folder's")
     p.add_argument("--methods", help="comma-separated method names")
     p.add_argument("--variant", action="append", default=[], help="LABEL=METHOD [OPTIONS...] (repeatable)")
     p.add_argument("--seeds", default="1,2,3")
@@ -178,18 +207,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records-from-summary", action="store_true",
                    help="first write records for the cells of a committed OUT/summary.json that have none")
     args = p.parse_args(argv)
-    variants = parse_variants(args.methods, args.variant)
+    matrix_file = args.out / "matrix.json"
+    old = json.loads(matrix_file.read_text()) if matrix_file.is_file() else None
+    if args.table_only and old is not None and not (args.methods or args.variant):
+        variants = list(old["variants"].items())
+    else:
+        variants = parse_variants(args.methods, args.variant)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.table_only and old is not None:  # the table only reads the folder's cells
+        common = list(old.get("common_options", []))
+        args.preset = args.preset or old["preset"]
+    if not args.preset:
+        raise SystemExit("give --preset (this folder has no matrix.json to take it from)")
+    matrix = merge_matrix(old, args.preset, variants, seeds, common)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.records_from_summary:
         for path in records_from_summary(args.out):
             print(f"record from summary.json: {path}")
     cells = [(label, args.out / "runs" / f"{_safe(label)}-s{seed}", opts, seed)
              for label, opts in variants for seed in seeds]
+    table_cells = [(label, args.out / "runs" / f"{_safe(label)}-s{seed}")
+                   for label in matrix["variants"] for seed in matrix["seeds"]]
     if not args.table_only:
-        (args.out / "matrix.json").write_text(json.dumps({
-            "preset": args.preset, "variants": {lab: opts for lab, opts in variants}, "seeds": seeds,
-            "common_options": common}, indent=2))
+        matrix_file.write_text(json.dumps(matrix, indent=2))
         if args.jobs > 1 and "--threads" not in common:
             common = [*common, "--threads", str(max(1, (os.cpu_count() or 1) // args.jobs))]
 
@@ -202,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             list(pool.map(lambda cell: one(*cell), [(k, *c) for k, c in enumerate(cells, 1)]))
-    print(write_table(args.out, [(lab, folder) for lab, folder, _o, _s in cells], args.title), end="")
+    print(write_table(args.out, table_cells, args.title), end="")
     return 0
 
 
