@@ -149,6 +149,11 @@ def test_claim_verdicts():
     claims = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(claims)
     v = claims.verdict
+    assert claims.claim_pairs({"protocols": ["p", "q"]}) == [("p", "p"), ("q", "q")]
+    assert claims.claim_pairs({"protocol_a": "p", "protocol_b": "q"}) == [("p", "q")]
+    assert claims.claim_pairs({"pairs": [["p+r", "q"], ["s", "t"]]}) == [("p+r", "q"), ("s", "t")]
+    with pytest.raises(SystemExit, match="names no protocol"):
+        claims.claim_pairs({"id": "x"})
     assert v({1: 80.0, 2: 81.0, 3: 82.0}, {1: 70.0, 2: 71.5, 3: 72.0}, 1.0)["verdict"] == "holds"
     assert v({1: 70.0, 2: 71.0, 3: 72.0}, {1: 80.0, 2: 81.0, 3: 82.5}, 1.0)["verdict"] == "reversed"
     assert v({1: 70.0, 2: 71.0, 3: 72.0}, {1: 80.0, 2: 81.0, 3: 82.5}, -1.0)["verdict"] == "holds"  # lower is better

@@ -63,12 +63,26 @@ def verdict(a: dict[int, float], b: dict[int, float], sign: float) -> dict:
     return out
 
 
+def claim_pairs(claim: dict) -> list[tuple[str, str]]:
+    """The (protocol of a, protocol of b) pairs a claim is checked on.
+
+    ``protocols = [...]``: both sides on each protocol; ``protocol_a`` / ``protocol_b``: one cross-protocol pair;
+    ``pairs = [[a, b], ...]``: several (e.g. an ablation's folder against its method's, on each protocol).
+    """
+    pairs = [(p, p) for p in claim.get("protocols", [])]
+    if "protocol_a" in claim:
+        pairs.append((claim["protocol_a"], claim["protocol_b"]))
+    pairs += [(pa, pb) for pa, pb in claim.get("pairs", [])]
+    if not pairs:
+        raise SystemExit(f"claim {claim.get('id')!r} names no protocol (protocols, protocol_a/_b or pairs)")
+    return pairs
+
+
 def evaluate(claims: list[dict], results: Path) -> list[dict]:
     rows = []
     for claim in claims:
         sign = 1.0 if claim.get("better", "higher") == "higher" else -1.0
-        pairs = ([(claim["protocol_a"], claim["protocol_b"])] if "protocol_a" in claim
-                 else [(p, p) for p in claim["protocols"]])
+        pairs = claim_pairs(claim)
         for pa, pb in pairs:
             a = load_side(results, pa, claim["a"], claim["metric"])
             b = load_side(results, pb, claim["b"], claim["metric"])

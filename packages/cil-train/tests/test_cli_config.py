@@ -62,6 +62,16 @@ def test_preset_then_explicit_options_win():
     assert explicit.lr_steps == (10,)
 
 
+def test_step_budget_presets_give_lucir_its_step_schedule_and_the_others_cosine():
+    for name in ("glyphs100-lt-fair", "glyphs100-lt-ordered-fair", "glyphs100-lt-lfh5-fair", "fmnist-lt-5x2-m1000-fair"):
+        for method in ("lucir", "lucir-bsce"):
+            cfg = cfg_of("--preset", name, "--method", method, "--data-root", "/x")
+            assert cfg.lr_schedule == "step" and cfg.lr_steps == (15, 22) and cfg.epochs == 30, (name, method)
+        for method in ("podnet", "dgr", "finetune"):
+            cfg = cfg_of("--preset", name, "--method", method, "--data-root", "/x")
+            assert cfg.lr_schedule == "cosine" and not cfg.lr_steps, (name, method)
+
+
 def test_memory_total_replaces_per_class_and_exemplar_free_methods_drop_memory():
     assert cfg_of("--memory-total", "500").memory_per_class is None
     cfg = cfg_of("--preset", "cifar10-lt-m1000", "--data-root", "/x", "--memory-per-class", "10")

@@ -69,6 +69,10 @@ _GLYPHS_B50 = dict(data="npz", data_root="../shared/data/glyphs100.npz", imbalan
 _COSINE_CPU = {**{m: dict(lr_schedule="step", lr_steps=(3, 4)) for m in ("lucir", "lucir-bsce", "lucir-bsce-relaxed")},
                **{m: dict(lr_schedule="cosine", lr_steps=None) for m in ("podnet", "podnet-bsce",
                                                                           "podnet-bsce-relaxed")}}
+# On the step-budget presets every method gets the same steps and the default cosine schedule (PODNet's own),
+# except LUCIR, whose paper divides the rate by 10 at epochs 80 and 120 of 160: the same fractions of the
+# default 30 epochs, scaled to each phase's budget by the loop.
+_LUCIR_FAIR = {m: dict(lr_schedule="step", lr_steps=(15, 22)) for m in ("lucir", "lucir-bsce", "lucir-bsce-relaxed")}
 
 PRESETS: dict[str, Preset] = {
     # -- paper protocols -----------------------------------------------------------------------
@@ -144,23 +148,23 @@ PRESETS: dict[str, Preset] = {
     # about 28 epochs of glyphs100-LT's phase 0 where 15 left it at ~81 % accuracy). Run them with
     # `tools/method_matrix.py --shared-base` so that every plain-CE method starts from one base model per seed.
     "glyphs100-lt-fair": Preset("glyphs100-LT as glyphs100-lt, 650 steps per phase for every method, 3,000 base steps",
-                                "LT-CIL LFS-10 on glyphs100, equal budgets", data="npz",
+                                "LT-CIL LFS-10 on glyphs100, equal budgets", _LUCIR_FAIR, data="npz",
                                 data_root="../shared/data/glyphs100.npz", imbalance=100.0, order="seed1993", phases=10,
                                 memory_per_class=20, backbone="resnet8", batch_size=64, augment="crop",
                                 phase_steps=650, base_steps=3000),
     "glyphs100-lt-ordered-fair": Preset("glyphs100-LT ordered, 650 steps per phase, 3,000 base steps",
-                                        "LT-CIL ordered LFS-10 on glyphs100, equal budgets", data="npz",
+                                        "LT-CIL ordered LFS-10 on glyphs100, equal budgets", _LUCIR_FAIR, data="npz",
                                         data_root="../shared/data/glyphs100.npz", imbalance=100.0, order="ordered",
                                         phases=10, memory_per_class=20, backbone="resnet8", batch_size=64,
                                         augment="crop", phase_steps=650, base_steps=3000),
     "glyphs100-lt-lfh5-fair": Preset("glyphs100-LT ρ=100, 50 base classes + 5 steps of 10 (DGR's LFH), 650 steps "
-                                     "per phase, 3,000 base steps", "LT-CIL LFH-5 on glyphs100, equal budgets",
+                                     "per phase, 3,000 base steps", "LT-CIL LFH-5 on glyphs100, equal budgets", _LUCIR_FAIR,
                                      data="npz", data_root="../shared/data/glyphs100.npz", imbalance=100.0,
                                      order="seed1993", base_classes=50, phases=6, memory_per_class=20,
                                      backbone="resnet8", batch_size=64, augment="crop", phase_steps=650,
                                      base_steps=3000),
     "fmnist-lt-5x2-m1000-fair": Preset("Fashion-MNIST-LT as fmnist-lt-5x2-m1000, 400 steps per phase, 2,000 base steps",
-                                       "JIOC protocol on Fashion-MNIST, equal budgets", data="fashion-mnist",
+                                       "JIOC protocol on Fashion-MNIST, equal budgets", _LUCIR_FAIR, data="fashion-mnist",
                                        imbalance=5000 / 206, order="seed1993", phases=5, memory_per_class=None,
                                        memory_total=1000, backbone="resnet8", batch_size=64, phase_steps=400,
                                        base_steps=2000),
