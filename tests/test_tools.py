@@ -223,3 +223,22 @@ def test_run_times_of_the_committed_matrices(tmp_path):
 def test_run_time_table_in_the_readme_is_what_the_results_give():
     done = _run("tools/run_times.py", "--check")
     assert done.returncode == 0, done.stderr
+
+
+def test_phase_gap_reads_the_committed_records():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from phase_gap import phase_data
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    metrics = {"train_counts": [50, 40, 8, 30, 6], "class_order": [3, 0, 4, 1, 2], "increments": [2, 2, 1],
+               "memory_per_class": [20, 20, 8, 20, 6]}
+    assert phase_data(metrics) == [{"per_new_class": 40.0, "new_images": 80, "memory": 0},
+                                   {"per_new_class": 23.0, "new_images": 46, "memory": 40},
+                                   {"per_new_class": 8.0, "new_images": 8, "memory": 66}]
+    done = _run("tools/phase_gap.py", "results/glyphs100-lt-ordered-fair", "dgr", "icarl")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 10 and rows[0].split("|")[4].strip() == "0"  # no exemplars before phase 2
+    bad = _run("tools/phase_gap.py", "results/glyphs100-lt-ordered-fair", "dgr", "nope")
+    assert bad.returncode != 0 and "no variant 'nope'" in bad.stderr
