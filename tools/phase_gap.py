@@ -3,7 +3,7 @@
     hatch run python tools/phase_gap.py results/glyphs100-lt-ordered-fair dgr icarl
 
 For each phase: the new classes' mean number of training images, the new images in all, the exemplars of the
-old classes in memory at that phase, and the mean over the seeds both methods ran of ``A − B`` in accuracy on
+old classes in memory at that phase, the old classes' original training images over the new ones, and the mean over the seeds both methods ran of ``A − B`` in accuracy on
 all seen classes, on the old classes and on the new ones (percentage points), with the per-seed signs of the
 first. It reads the committed records (``OUT/records/*.json``, one per run), so it needs no run folder.
 
@@ -36,13 +36,17 @@ def load_records(folder: Path, label: str) -> dict[int, dict]:
 
 
 def phase_data(metrics: dict) -> list[dict]:
-    """Per phase: mean images per new class, new images in all, exemplars of the old classes in memory."""
-    counts, order, memory = metrics["train_counts"], metrics["class_order"], metrics["memory_per_class"]
+    """Per phase: mean images per new class, new images in all, exemplars of the old classes in memory, and
+    the old classes' original training images over the new ones (``N_seen / N_new``; DGR's KD weight is
+    ``0.7·sqrt`` of it)."""
+    # train_counts and memory_per_class are indexed by the class's position in the stream (its incremental
+    # label), not by its original label: a phase's classes are a slice of them
+    counts, memory = metrics["train_counts"], metrics["memory_per_class"]
     rows, start = [], 0
     for n in metrics["increments"]:
-        new = order[start:start + n]
-        rows.append({"per_new_class": statistics.fmean(counts[c] for c in new), "new_images": sum(counts[c] for c in new),
-                     "memory": sum(memory[c] for c in order[:start])})
+        new = counts[start:start + n]
+        rows.append({"per_new_class": statistics.fmean(new), "new_images": sum(new),
+                     "memory": sum(memory[:start]), "seen_per_new": sum(counts[:start]) / sum(new)})
         start += n
     return rows
 
@@ -72,10 +76,11 @@ def markdown(rows: list[dict], label_a: str, label_b: str) -> str:
     def num(v: float | None) -> str:
         return "—" if v is None else f"{v:+.2f}"
 
-    lines = [f"| phase | images per new class | new images | exemplars of old classes | {label_a} − {label_b}: all "
-             "| per-seed signs | old classes | new classes |", "|---:|---:|---:|---:|---:|:---:|---:|---:|"]
+    lines = [f"| phase | images per new class | new images | exemplars of old classes | N_seen ÷ N_new | {label_a} − "
+             f"{label_b}: all | per-seed signs | old classes | new classes |", "|---:|---:|---:|---:|---:|---:|:---:|---:|---:|"]
     for t, r in enumerate(rows, 1):
-        lines.append(f"| {t} | {r['per_new_class']:.0f} | {r['new_images']} | {r['memory']} | {num(r['all'])} | "
+        lines.append(f"| {t} | {r['per_new_class']:.0f} | {r['new_images']} | {r['memory']} | {r['seen_per_new']:.2f} | "
+                     f"{num(r['all'])} | "
                      f"{r['signs']} | {num(r['old'])} | {num(r['new'])} |")
     return "\n".join(lines) + "\n"
 

@@ -138,3 +138,22 @@ def test_compare_groups_seeds(tiny, tmp_path, capsys):
         assert not (cmp / "comparison.png").exists()
     else:
         assert (cmp / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dgr_records_its_kd_weight_and_the_cap_bounds_it(tiny):
+    argv, out = tiny("--method", "dgr", "--epochs", "1")
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    counts, start = m["train_counts"], 0  # by position in the stream
+    expected = []
+    for n in m["increments"]:
+        seen, new = sum(counts[:start]), sum(counts[start:start + n])
+        expected.append(0.7 * (seen / new) ** 0.5 if start else None)
+        start += n
+    assert "kd_weight" not in m["phases"][0]
+    got = [p["kd_weight"] for p in m["phases"][1:]]
+    assert got == pytest.approx(expected[1:]) and min(got) > 0.3
+    argv, out = tiny("--method", "dgr", "--epochs", "1", "--dgr-kd-weight-max", "0.3", out="capped")
+    assert main(argv) == 0
+    capped = [p["kd_weight"] for p in json.loads((out / "metrics.json").read_text())["phases"][1:]]
+    assert capped == pytest.approx([0.3] * len(got))

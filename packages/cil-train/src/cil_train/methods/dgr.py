@@ -5,7 +5,8 @@
 ``T = 2``. The classifier's gradients are reweighted per class (class balance α_c, task balance with
 attenuation, loss balance β between CE and KD) by ``cil_losses.GradientReweighter``; the backbone gets
 the ordinary gradient. Ablation switches: ``--dgr-dakd false`` (plain KD), ``--dgr-decouple false``
-(GR: one class-balance group over all classes), ``--dgr-regularized-softmax false`` (plain CE).
+(GR: one class-balance group over all classes), ``--dgr-regularized-softmax false`` (plain CE). Each phase
+records its λ_KD (``phases[*].kd_weight``); ``--dgr-kd-weight-max`` caps it (a probe, not the paper's).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class DGROptions(KDOptions):
     dgr_offsets: str = option("regularised-softmax offsets from class counts or accumulated gradients",
                               choice("log_prior", "grad"), "log_prior")
     dgr_eta: float = option("attenuation strength η of the task-balance ratio", number(0.0), 1.0)
+    dgr_kd_weight_max: float | None = option(
+        "cap on the KD weight λ_KD = 0.7·sqrt(N_seen/N_new) (not in the paper: a probe for streams whose later "
+        "phases are small, where λ_KD grows large)", number(0.0, lo_open=True, optional=True), None)
 
 
 @register
@@ -55,6 +59,11 @@ class DGR(Method):
             lost = (ctx.original_counts[: ctx.num_old] - ctx.memory_counts).clamp_min(0)
             self._lost = lost.float().to(ctx.device)
             self._kd_weight = L.dgr_kd_weight(ctx.n_seen, ctx.n_new)
+            if self.options.dgr_kd_weight_max is not None:
+                self._kd_weight = min(self._kd_weight, self.options.dgr_kd_weight_max)
+
+    def end_phase(self, ctx) -> dict[str, float]:
+        return {"kd_weight": self._kd_weight} if ctx.num_old else {}
 
     def _offsets(self, ctx) -> torch.Tensor | None:
         if not self.options.dgr_regularized_softmax:
