@@ -3,12 +3,14 @@
     hatch run python tools/phase_gap.py results/glyphs100-lt-ordered-fair dgr icarl
 
 For each phase: the new classes' mean number of training images, the new images in all, the exemplars of the
-old classes in memory at that phase, the old classes' original training images over the new ones, and the mean over the seeds both methods ran of ``A − B`` in accuracy on
-all seen classes, on the old classes and on the new ones (percentage points), with the per-seed signs of the
-first. It reads the committed records (``OUT/records/*.json``, one per run), so it needs no run folder.
+old classes in memory at that phase, the old classes' original training images over the new ones
+(``N_seen / N_new``), and the mean over the seeds both methods ran of ``A − B`` in accuracy on all seen
+classes, on the old classes and on the new ones (percentage points), with the per-seed signs of the first. It
+reads the committed records (``OUT/records/*.json``, one per run), so it needs no run folder.
 
-It is the probe behind the README's reading of DGR on the ordered stream: DGR leads while each phase brings
-more new images than the memory holds, and falls behind once the new data is smaller than the memory.
+It is the probe behind the README's reading of DGR on the ordered stream (table (j)): DGR leads while a phase
+brings more new images than the memory holds and falls behind once it brings fewer, where its KD weight
+``0.7·sqrt(N_seen / N_new)`` grows large; the row with that weight capped recovers most of the loss.
 """
 
 from __future__ import annotations
