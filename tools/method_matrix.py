@@ -95,6 +95,11 @@ def _safe(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
 
 
+def cell_folder(out: Path, label: str, seed: int) -> Path:
+    """``OUT/runs/<variant>-s<seed>``: the run folder of one cell."""
+    return out / "runs" / f"{_safe(label)}-s{seed}"
+
+
 def record_path(folder: Path) -> Path:
     """``OUT/records/<cell>.json`` for the run folder ``OUT/runs/<cell>``."""
     return folder.parent.parent / "records" / f"{folder.name}.json"
@@ -224,10 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.records_from_summary:
         for path in records_from_summary(args.out):
             print(f"record from summary.json: {path}")
-    cells = [(label, args.out / "runs" / f"{_safe(label)}-s{seed}", opts, seed)
-             for label, opts in variants for seed in seeds]
-    table_cells = [(label, args.out / "runs" / f"{_safe(label)}-s{seed}")
-                   for label in matrix["variants"] for seed in matrix["seeds"]]
+    cells = [(label, cell_folder(args.out, label, seed), opts, seed) for label, opts in variants for seed in seeds]
+    table_cells = [(label, cell_folder(args.out, label, seed)) for label in matrix["variants"] for seed in matrix["seeds"]]
     if not args.table_only:
         matrix_file.write_text(json.dumps(matrix, indent=2))
         if args.jobs > 1 and "--threads" not in common:
