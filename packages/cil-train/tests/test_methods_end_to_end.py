@@ -157,3 +157,28 @@ def test_dgr_records_its_kd_weight_and_the_cap_bounds_it(tiny):
     assert main(argv) == 0
     capped = [p["kd_weight"] for p in json.loads((out / "metrics.json").read_text())["phases"][1:]]
     assert capped == pytest.approx([0.3] * len(got))
+
+
+def test_dgr_task_balance_rule_is_recorded_and_switches_per_phase(tiny):
+    # 12 exemplars per class: the second phase's new images outnumber the memory, the third's do not
+    argv, out = tiny("--method", "dgr", "--epochs", "1", "--memory-per-class", "12", out="always")
+    assert main(argv) == 0
+    phases = json.loads((out / "metrics.json").read_text())["phases"]
+    assert "task_balance" not in phases[0]
+    for p in phases[1:]:
+        assert p["task_balance"] == 1.0
+        assert 0.0 < p["task_balance_r_new"] <= 1.0 and 0.0 < p["task_balance_r_old"] <= 1.0
+    exceeds = [p["train_images"] > p["exemplars"] for p in phases[1:]]
+    assert exceeds == [True, False]  # the setting below is tested on both branches
+    results = {}
+    for rule in ("never", "while-new-exceeds-memory"):
+        argv, out = tiny("--method", "dgr", "--epochs", "1", "--memory-per-class", "12",
+                         "--dgr-task-balance", rule, out=rule)
+        assert main(argv) == 0
+        results[rule] = json.loads((out / "metrics.json").read_text())
+    assert [p["task_balance"] for p in results["never"]["phases"][1:]] == [0.0, 0.0]
+    probe = results["while-new-exceeds-memory"]
+    assert [p["task_balance"] for p in probe["phases"][1:]] == [1.0, 0.0]
+    # up to the first phase where the rule drops the ratio, the probe's run is the paper's run
+    paper = json.loads((out.parent / "always" / "metrics.json").read_text())
+    assert probe["acc_matrix"][1] == pytest.approx(paper["acc_matrix"][1])

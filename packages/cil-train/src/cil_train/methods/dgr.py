@@ -7,6 +7,11 @@ attenuation, loss balance β between CE and KD) by ``cil_losses.GradientReweight
 the ordinary gradient. Ablation switches: ``--dgr-dakd false`` (plain KD), ``--dgr-decouple false``
 (GR: one class-balance group over all classes), ``--dgr-regularized-softmax false`` (plain CE). Each phase
 records its λ_KD (``phases[*].kd_weight``); ``--dgr-kd-weight-max`` caps it (a probe, not the paper's).
+Each phase also records the task-balance ratios ``r_old = min(1, ρ)``, ``r_new = min(1, ρ·γ)`` that the
+paper's rule gives from the phase's final ``Φ`` (``phases[*].task_balance_r_old`` / ``_r_new``) and whether
+the task balance was applied (``phases[*].task_balance``): ``--dgr-task-balance`` applies it in every
+phase (``always``, the paper), in none (``never``: ``r = 1``), or only while a phase's new images outnumber
+the exemplar memory (``while-new-exceeds-memory``, a probe for streams whose later phases are small).
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ class DGROptions(KDOptions):
     dgr_offsets: str = option("regularised-softmax offsets from class counts or accumulated gradients",
                               choice("log_prior", "grad"), "log_prior")
     dgr_eta: float = option("attenuation strength η of the task-balance ratio", number(0.0), 1.0)
+    dgr_task_balance: str = option(
+        "when the task-balance ratio (r_old = min(1, ρ), r_new = min(1, ρ·γ)) reweights the classifier: every "
+        "phase (the paper), never (r = 1), or only in phases whose new images outnumber the exemplar memory "
+        "(a probe)", choice("always", "never", "while-new-exceeds-memory"), "always")
     dgr_kd_weight_max: float | None = option(
         "cap on the KD weight λ_KD = 0.7·sqrt(N_seen/N_new) (not in the paper: a probe for streams whose later "
         "phases are small, where λ_KD grows large)", number(0.0, lo_open=True, optional=True), None)
@@ -51,6 +60,9 @@ class DGR(Method):
         self.reweighter = L.GradientReweighter(decoupled=self.options.dgr_decouple, eta=self.options.dgr_eta)
 
     def start_phase(self, ctx) -> None:
+        rule = self.options.dgr_task_balance
+        memory = int(ctx.memory_counts.sum()) if ctx.num_old else 0
+        self.reweighter.task_balance = rule == "always" or (rule == "while-new-exceeds-memory" and ctx.n_new > memory)
         self.reweighter.start_phase(
             num_classes=ctx.num_seen, num_old=ctx.num_old, n_seen=ctx.n_seen, n_new=ctx.n_new
         )
@@ -63,7 +75,16 @@ class DGR(Method):
                 self._kd_weight = min(self._kd_weight, self.options.dgr_kd_weight_max)
 
     def end_phase(self, ctx) -> dict[str, float]:
-        return {"kd_weight": self._kd_weight} if ctx.num_old else {}
+        if not ctx.num_old:
+            return {}
+        record = {"kd_weight": self._kd_weight, "task_balance": float(self.reweighter.task_balance)}
+        phi = self.reweighter.phi.double()
+        old, new = phi[: ctx.num_old].mean().item(), phi[ctx.num_old:].mean().item()
+        if old > 0:                                 # the paper's ratios at the phase's end, applied or not
+            rho = new / old
+            record["task_balance_r_old"] = min(1.0, rho)
+            record["task_balance_r_new"] = min(1.0, rho * self.reweighter.gamma)
+        return record
 
     def _offsets(self, ctx) -> torch.Tensor | None:
         if not self.options.dgr_regularized_softmax:
