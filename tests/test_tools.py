@@ -99,6 +99,26 @@ def test_method_matrix_merges_only_cells_that_compare():
         merge_matrix(first, "p", [("a", ["--method", "a", "--y"])], [1], ["--threads", "1"])
 
 
+def test_method_matrix_takes_run_options_with_or_without_the_double_dash():
+    """`hatch run` swallows the first `--`: the run options must still reach every run, and typos must not."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from method_matrix import build_parser, parse_with_common_options
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    own = ["--preset", "p", "--variant", "A=icarl-jioc --jioc ic", "--out", "o"]
+    for argv in ([*own, "--", "--threads", "1", "--augment", "crop"], [*own, "--threads", "1", "--augment", "crop"]):
+        args, common = parse_with_common_options(build_parser(), argv)
+        assert (args.preset, args.variant, str(args.out)) == ("p", ["A=icarl-jioc --jioc ic"], "o")
+        assert common == ["--threads", "1", "--augment", "crop"]
+    args, common = parse_with_common_options(build_parser(), [*own, "--", "--seeds", "4"])  # after --: the run's
+    assert (args.seeds, common) == ("1,2,3", ["--seeds", "4"])
+    for bad in (["--preset", "p", "--threads", "1", "--out", "o"], [*own, "stray"], ["--preset", "p", "--seed", "1",
+                                                                                    "--out", "o", "--jobs", "2"]):
+        with pytest.raises(SystemExit):
+            parse_with_common_options(build_parser(), bad)
+
+
 def test_method_matrix_shares_one_base_model_per_seed(tmp_path):
     import cil_data
 

@@ -22,7 +22,9 @@ A variant is a method name, or ``LABEL=METHOD OPTIONS...`` for ablations, e.g.::
         --variant "CE+KD=icarl-jioc --jioc none" --variant "IC+KD=icarl-jioc --jioc ic" \\
         --variant "CE+OC=icarl-jioc --jioc oc" --variant "JIOC=icarl-jioc --jioc both"
 
-Options after ``--`` go to every run (e.g. ``-- --epochs 8 --threads 2``).
+Options after ``--`` go to every run (e.g. ``-- --epochs 8 --threads 2``). ``hatch run`` swallows the first
+``--`` of its command line, so options this tool does not know, written after all of its own, go to every run
+too: ``hatch run python tools/method_matrix.py ... -- --threads 1`` works as written.
 
 ``OUT/matrix.json`` records every variant and seed the folder holds, so a later call that adds methods or
 seeds to a committed matrix merges with it: it runs only the cells it names, and the table and summary keep
@@ -190,13 +192,9 @@ def write_table(out: Path, cells: list[tuple[str, Path]], title: str) -> str:
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    common: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, common = argv[:i], argv[i + 1 :]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this tool (the options of every run come after them, see ``main``)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--preset", help="the protocol (a cil-train preset); default with --table-only: the folder's")
     p.add_argument("--methods", help="comma-separated method names")
@@ -211,7 +209,34 @@ def main(argv: list[str] | None = None) -> int:
                    help="one base model per seed for every method whose phase 0 is plain CE (--base-checkpoint)")
     p.add_argument("--records-from-summary", action="store_true",
                    help="first write records for the cells of a committed OUT/summary.json that have none")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_with_common_options(parser: argparse.ArgumentParser,
+                              argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Split ``argv`` into this tool's options and the options every run gets.
+
+    The run options are those after ``--``. ``hatch run`` consumes the first ``--`` of its command line
+    (``hatch run python tools/method_matrix.py ... -- --threads 1`` reaches this tool as ``... --threads 1``),
+    so without a ``--`` the options this tool does not know are the run options, provided they come after
+    all of its own (a stray word or an option between this tool's own is refused, as a typo would be).
+    """
+    if "--" in argv:
+        i = argv.index("--")
+        return parser.parse_args(argv[:i]), argv[i + 1:]
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        start = len(argv) - len(extra)
+        if argv[start:] != extra or not extra[0].startswith("-"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)} (options for every run go last, "
+                         "after '--'; under 'hatch run' write them last, the '--' is optional)")
+    return args, extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser()
+    args, common = parse_with_common_options(p, argv)
     matrix_file = args.out / "matrix.json"
     old = json.loads(matrix_file.read_text()) if matrix_file.is_file() else None
     if args.table_only and old is not None and not (args.methods or args.variant):
