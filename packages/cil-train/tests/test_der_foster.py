@@ -194,3 +194,33 @@ def test_foster_resumes_inside_its_compression_stage(tiny, monkeypatch, strip_ti
     assert set(ckpt["method"]) == {"old_weight", "old_bias"}
     assert main(["--resume", str(run), "--progress", "none"]) == 0
     assert strip_timings(_metrics(run)) == strip_timings(expected)
+
+
+@pytest.mark.parametrize("counts", ["true", "official"])
+def test_foster_counts_choose_the_class_counts_of_both_weightings(tiny, monkeypatch, counts):
+    """``--foster-counts official`` counts each new class as 500 images (the official code and PyCIL on CIFAR-100),
+    so on a long tail the new classes get equal weights; ``true`` (default) weights them by their real counts.
+    Old classes count their exemplars either way."""
+    import cil_losses.expansion as E
+
+    seen = []
+    original = FOSTER.start_phase
+
+    def spy(self, ctx):
+        original(self, ctx)
+        seen.append((ctx.num_old, ctx.class_counts.clone(), {k: w.clone() for k, w in self._weights.items()}))
+
+    monkeypatch.setattr(FOSTER, "start_phase", spy)
+    argv, out = tiny("--method", "foster", "--epochs", "1", "--foster-compression-epochs", "1", "--foster-counts",
+                     counts)
+    assert main(argv) == 0
+    num_old, true_counts, weights = seen[-1]  # the last phase: 4 old classes (exemplars) + 2 new ones (a tail)
+    assert num_old == 4 and true_counts[num_old] != true_counts[num_old + 1]
+    used = true_counts.clone()
+    if counts == "official":
+        used[num_old:] = 500.0
+    for key, beta in (("boost", 0.96), ("compress", 0.97)):
+        want = E.effective_number_weights(used, beta).float()
+        torch.testing.assert_close(weights[key], want)
+        new = weights[key][num_old:]
+        assert bool(new[0] == new[1]) is (counts == "official")

@@ -13,7 +13,8 @@ Phase 0: one extractor and a linear head, ``CE``. Each phase t > 0 has two stage
 
    with ``w_c`` the effective-number weights of β1 = 0.96 (``--foster-beta1``) from the *true* class counts
    of the phase (new classes: their images; old classes: their exemplars — the official code's 500 hard-code
-   and index-sum counts are bugs), ``T = 2`` (``--kd-temperature``), no ``T²``. ``z_old`` is the previous
+   and index-sum counts are bugs; ``--foster-counts official`` counts every new class as 500 images, as that
+   code and PyCIL do on CIFAR-100 and JIOC's FOSTER rows did), ``T = 2`` (``--kd-temperature``), no ``T²``. ``z_old`` is the previous
    network's logits: its head applied to ``Φ_old``'s columns of the same forward pass (no second forward).
 2. **Compression** (``--foster-compression-epochs``, default the main stage's × 130/170 as the official
    130 vs 170; ``--foster-compression-lr``, default the main stage's; the same schedule; **no weight
@@ -64,6 +65,9 @@ from .icarl import JIOCOptions
 from .registry import register
 
 COMPRESSION_SHARE = 130 / 170  # official budgets: 170 boosting epochs, 130 compression epochs
+#: what the official code and PyCIL count each new class as on CIFAR-100 (``samples_new_class``); on other data
+#: sets their count is a sum of sample indices, which saturates the effective number the same way
+OFFICIAL_NEW_CLASS_COUNT = 500.0
 
 
 def _foster_fields() -> dict[str, Any]:
@@ -72,6 +76,11 @@ def _foster_fields() -> dict[str, Any]:
                                number(0.0, 1.0), 0.96),
         "foster_beta2": option("β2 of the effective-number weights of compression's balanced KD",
                                number(0.0, 1.0), 0.97),
+        "foster_counts": option(
+            "the class counts n_c of both effective-number weightings: true (every class's images in the phase; "
+            "old classes: their exemplars) or official (each new class counted as 500 images, as the official "
+            "code and PyCIL do on CIFAR-100 whatever its true count, which JIOC's FOSTER rows ran with; old "
+            "classes: their exemplars)", choice("true", "official"), "true"),
         "foster_compression_epochs": option("epochs of the compression stage (default: the main stage's × 130/170)",
                                             number(1, optional=True, integer=True)),
         "foster_compression_lr": option("learning rate of the compression stage (default: the main stage's)",
@@ -128,8 +137,11 @@ class FOSTER(Method):
         return model
 
     def start_phase(self, ctx) -> None:
-        counts = ctx.class_counts
         o = self.options
+        counts = ctx.class_counts
+        if o.foster_counts == "official":
+            counts = counts.clone()
+            counts[ctx.num_old:] = OFFICIAL_NEW_CLASS_COUNT
         self._weights = {"boost": E.effective_number_weights(counts, o.foster_beta1).float(),
                          "compress": E.effective_number_weights(counts, o.foster_beta2).float()}
 
