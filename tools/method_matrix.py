@@ -235,8 +235,7 @@ def parse_with_common_options(parser: argparse.ArgumentParser,
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = build_parser()
-    args, common = parse_with_common_options(p, argv)
+    args, common = parse_with_common_options(build_parser(), argv)
     matrix_file = args.out / "matrix.json"
     old = json.loads(matrix_file.read_text()) if matrix_file.is_file() else None
     if args.table_only and old is not None and not (args.methods or args.variant):

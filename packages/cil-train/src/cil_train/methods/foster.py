@@ -14,8 +14,9 @@ Phase 0: one extractor and a linear head, ``CE``. Each phase t > 0 has two stage
    with ``w_c`` the effective-number weights of β1 = 0.96 (``--foster-beta1``) from the *true* class counts
    of the phase (new classes: their images; old classes: their exemplars — the official code's 500 hard-code
    and index-sum counts are bugs; ``--foster-counts official`` counts every new class as 500 images, as that
-   code and PyCIL do on CIFAR-100 and JIOC's FOSTER rows did), ``T = 2`` (``--kd-temperature``), no ``T²``. ``z_old`` is the previous
-   network's logits: its head applied to ``Φ_old``'s columns of the same forward pass (no second forward).
+   code and PyCIL do on CIFAR-100 and JIOC's FOSTER rows did), ``T = 2`` (``--kd-temperature``), no ``T²``.
+   ``z_old`` is the previous network's logits: its head applied to ``Φ_old``'s columns of the same forward pass
+   (no second forward).
 2. **Compression** (``--foster-compression-epochs``, default the main stage's × 130/170 as the official
    130 vs 170; ``--foster-compression-lr``, default the main stage's; the same schedule; **no weight
    decay**). The boosted network becomes the frozen teacher; the network itself becomes the student — one
