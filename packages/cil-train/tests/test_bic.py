@@ -1,4 +1,4 @@
-"""BiC: the stage-2 loss against a plain float64 formula, and the two stages' trainable parameters."""
+"""BiC: the stage-2 loss against a plain float64 formula, and what each of the two stages may change."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def test_stage_one_trains_all_but_the_bias_layer_and_stage_two_only_the_newest_p
     assert {id(p) for p in main_stage.trainable(net)} == {id(p) for p in net.parameters_without_bias_correction()}
     assert [id(p) for p in bias_stage.trainable(net)] == [id(bc.alpha[-1]), id(bc.beta[-1])]
     assert bias_stage.epochs == 8 and bias_stage.lr_steps == (2, 5, 6, 7) and not bias_stage.augment
+    assert main_stage.train_mode and not bias_stage.train_mode
     assert method.stages(SimpleNamespace(t=0))[0].name == "main" and len(method.stages(SimpleNamespace(t=0))) == 1
 
 
@@ -49,10 +50,13 @@ def test_bic_runs_both_stages_and_leaves_the_backbone_alone_in_stage_two(tiny, m
     snapshots = []
     original = loop.Trainer._run_stage
 
+    def state(model):  # parameters and buffers (the batch norms' running statistics)
+        return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
     def spy(self, ctx, k, stage, *args, **kwargs):
-        before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
+        before = {n: p.detach().clone() for n, p in state(ctx.model).items()}
         original(self, ctx, k, stage, *args, **kwargs)
-        changed = {n for n, p in ctx.model.named_parameters() if not torch.equal(p, before[n])}
+        changed = {n for n, p in state(ctx.model).items() if not torch.equal(p, before[n])}
         snapshots.append((ctx.t, stage.name, changed))
 
     monkeypatch.setattr(loop.Trainer, "_run_stage", spy)
@@ -60,8 +64,10 @@ def test_bic_runs_both_stages_and_leaves_the_backbone_alone_in_stage_two(tiny, m
     assert main(argv) == 0
     bias = [changed for t, name, changed in snapshots if name == "bias-correction"]
     assert len(bias) == 2  # phases 2 and 3
-    for changed in bias:
+    for changed in bias:  # not even the running statistics: the bias stage runs the network in eval mode
         assert changed and all(n.startswith("bias_correction.") for n in changed)
+    stage_one = [changed for t, name, changed in snapshots if name == "main" and t > 0]
+    assert stage_one and all(any("running_mean" in n for n in changed) for changed in stage_one)  # stage 1 does
     m = json.loads((out / "metrics.json").read_text())
     assert [len(p["epoch_losses"]) for p in m["phases"]] == [1, 3, 3]
     assert "bic_alpha" in m["phases"][1] and "bic_beta" in m["phases"][2]

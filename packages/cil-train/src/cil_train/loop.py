@@ -425,7 +425,7 @@ class Trainer:
         """One pass of ``sampler``; returns the mean loss (and stops the run on a non-finite one)."""
         T = self.scenario.num_phases
         label = "" if stage.name == "main" else f" {stage.name}"
-        ctx.model.train()
+        ctx.model.train(stage.train_mode)
         self._register_batch_size = self.compiled
         progress = Progress(len(sampler), f"phase {ctx.t + 1}/{T}{label} epoch {ctx.epoch + 1:>3}/{stage.epochs}",
                             self.cfg.progress if self.info.is_main else "none")

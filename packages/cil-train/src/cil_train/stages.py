@@ -186,6 +186,9 @@ class Stage:
             bias-correction stage).
         after_memory: run after the phase's memory update, on the updated memory alone (every seen class
             with its exemplars: LUCIR's and PODNet's class-balanced finetuning). Such stages come last.
+        train_mode: run the network in training mode (batch norms normalise with the batch's statistics and
+            update their running ones). False: evaluation mode, so that nothing but the stage's parameters
+            changes (BiC's bias correction, which must leave the running statistics of stage 1 alone).
     """
 
     name: str
@@ -202,6 +205,7 @@ class Stage:
     loss: Callable[..., Any] | None = None
     augment: bool = True
     after_memory: bool = False
+    train_mode: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0 or self.schedule not in SCHEDULES:

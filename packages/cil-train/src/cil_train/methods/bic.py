@@ -7,7 +7,8 @@ on in stage 1).
 1. **Representation and classifier**, on the rest: ``L = ρ·KD_T(z[:, :C_old], ẑ) + (1 − ρ)·CE(z, y)`` with
    ``ρ = C_old / C`` and ``T = 2`` (no T² factor, as the official code). The teacher applies its own
    newest (α, β) pair to its newest task's logits — the previous phase's correction.
-2. **Bias correction**, on the validation split only, without augmentation: the network is fixed and
+2. **Bias correction**, on the validation split only, without augmentation: the network is fixed (in
+   evaluation mode, so its batch norms keep stage 1's running statistics, as FACIL's ``model.eval()``) and
    only the newest task's pair of the bias layer ``q = [z_old, α·z_new + β]`` (α = 1, β = 0 at the start)
    is trained with ``CE(q, y) + 0.05·β²`` (the official code's penalty on β; α is not regularised).
 
@@ -79,7 +80,7 @@ class BiC(Method):
         steps = tuple(sorted({max(1, round(f * epochs)) for f in BIAS_STEPS} - {epochs}))
         bias = self.main_stage(
             ctx, name="bias-correction", epochs=epochs, lr=self.options.bic_bias_lr, schedule="step",
-            lr_steps=steps, lr_decay=0.1, weight_decay=0.0, augment=False,
+            lr_steps=steps, lr_decay=0.1, weight_decay=0.0, augment=False, train_mode=False,
             sampler=lambda c: ShuffleBatches(c.data.val, main.batch_size, c.generator),
             parameters=lambda model: model.bias_correction.newest_parameters(), loss=self.bias_loss)
         return [main, bias]
