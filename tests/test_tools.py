@@ -217,6 +217,16 @@ def test_bench_eval_quick(tmp_path):
     assert "× reference" in done.stdout
 
 
+def test_bench_partial_quick(tmp_path):
+    out = tmp_path / "partial.json"
+    done = _run("tools/bench.py", "partial", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(out.read_text())["results"]
+    assert r["whole_s"] > 0 and r["head_s"] > 0 and r["whole_over_head"] == pytest.approx(r["whole_s"] / r["head_s"])
+    assert r["max_abs_diff"] == 0.0  # the frozen backbone changes no gradient of the head
+    assert "whole/head" in done.stdout
+
+
 @pytest.mark.slow
 def test_bench_methods_small(tmp_path):
     out = tmp_path / "methods.json"

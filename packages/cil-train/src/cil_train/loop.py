@@ -39,7 +39,7 @@ from .evaluation import Extractor, evaluate_phase, run_summary
 from .methods import Batch, method_class
 from .progress import Progress
 from .report import PhaseTable, write_reports
-from .stages import Stage, make_optimizer, scale_lr_steps
+from .stages import Stage, frozen_outside, make_optimizer, scale_lr_steps
 from .tblog import TensorBoardLog
 
 __all__ = ["Trainer", "resolve_amp", "resolve_device"]
@@ -386,6 +386,12 @@ class Trainer:
             stage = self._step_budget(ctx, stage, len(sampler))
         ctx.stage = stage
         params = stage.trainable(ctx.model)
+        with frozen_outside(ctx.model, params):
+            self._train_stage(ctx, k, stage, sampler, params, is_last, aug_gen, phase_losses, resume, run_start)
+
+    def _train_stage(self, ctx: PhaseContext, k: int, stage: Stage, sampler: Any, params: list[torch.nn.Parameter],
+                     is_last: bool, aug_gen: torch.Generator, phase_losses: list[float], resume: Checkpoint | None,
+                     run_start: float) -> None:
         opt, sched = make_optimizer(stage, params)
         ctx.optimizer = opt
         first_epoch = 0

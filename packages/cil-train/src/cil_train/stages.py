@@ -9,6 +9,7 @@ data) of each batch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
@@ -180,7 +181,8 @@ class Stage:
             ``constant`` over the stage's epochs.
         batch_size: the default sampler's batch size.
         sampler: ``sampler(ctx) -> Sampler``; None: uniform batches over the training positions.
-        parameters: ``parameters(model) -> iterable of parameters`` to train; None: all that require grad.
+        parameters: ``parameters(model) -> iterable of parameters`` to train; None: all that require grad. The
+            network's other parameters stop requiring gradients during the stage (:func:`frozen_outside`).
         loss: ``loss(ctx, batch) -> (loss, figures)``; None: the method's ``loss``.
         augment: augment the batches with the data source's policy (False: normalisation only, as BiC's
             bias-correction stage).
@@ -241,6 +243,27 @@ class Stage:
         if self.schedule == "step":
             return self.lr_decay ** sum(epoch >= s for s in sorted(self.lr_steps))
         return 1.0
+
+
+@contextlib.contextmanager
+def frozen_outside(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Within the block, the parameters of ``model`` that a stage does not train stop requiring gradients;
+    they require them again afterwards.
+
+    A stage that trains a part of the network (BiC's bias correction, LUCIR's and PODNet's classifier
+    finetuning, DER's balanced classifier) would otherwise back-propagate through the whole backbone for
+    gradients no optimiser reads. The trained parameters' gradients and the batch norms' statistics are the
+    same either way; only the unused backward is skipped.
+    """
+    chosen = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def make_optimizer(stage: Stage, params: list[torch.nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:

@@ -4,8 +4,8 @@
 ``o_c = log(n_c / Σ n)`` or from the accumulated gradients), ``λ_KD = 0.7·sqrt(N_seen / N_new)``,
 ``T = 2``. The classifier's gradients are reweighted per class (class balance α_c, task balance with
 attenuation, loss balance β between CE and KD) by ``cil_losses.GradientReweighter``; the backbone gets
-the ordinary gradient. Ablation switches: ``--dgr-dakd false`` (plain KD), ``--dgr-decouple false``
-(GR: one class-balance group over all classes), ``--dgr-regularized-softmax false`` (plain CE). Each phase
+the ordinary gradient. Ablation switches: ``--no-dgr-dakd`` (plain KD), ``--no-dgr-decouple``
+(GR: one class-balance group over all classes), ``--no-dgr-regularized-softmax`` (plain CE). Each phase
 records its λ_KD (``phases[*].kd_weight``); ``--dgr-kd-weight-max`` caps it (a probe, not the paper's).
 Each phase also records the task-balance ratios ``r_old = min(1, ρ)``, ``r_new = min(1, ρ·γ)`` that the
 paper's rule gives from the phase's final ``Φ`` (``phases[*].task_balance_r_old`` / ``_r_new``) and whether
