@@ -100,3 +100,17 @@ def test_lucir_freezes_old_rows_and_imprints_new_ones():
     assert id(net.head.scale) in trainable
     # the last ReLU is removed: features can be negative
     assert bool((net.features(torch.randn(8, 1, 16, 16)) < 0).any())
+
+
+def test_lucir_cbf_stage_is_the_official_ft_flag_2():
+    """HOU's cbf_class_incremental_cosine_*.py, default --ft_flag 2: fc1 and fc2 train (σ in no group), the
+    backbone at lr 0 with its batch norms in eval mode (fix_bn), 20 epochs at 0.01, ×0.1 at epoch 10."""
+    m = LUCIR(RunConfig(method="lucir", backbone="resnet8", method_options={"lucir_cbf": True}))
+    net = m.build_network(1)
+    net.expand(2)
+    net.expand(2)
+    main_stage, cbf = m.stages(SimpleNamespace(t=1))
+    assert main_stage.train_mode and not cbf.train_mode and cbf.after_memory
+    assert {id(p) for p in cbf.trainable(net)} == {id(p) for b in net.head.blocks for p in b.parameters()}
+    assert id(net.head.scale) not in {id(p) for p in cbf.trainable(net)}
+    assert (cbf.epochs, cbf.lr, cbf.lr_steps, cbf.lr_decay, cbf.schedule) == (20, 0.01, (10,), 0.1, "step")

@@ -11,7 +11,8 @@ Loss in phase t ≥ 1 (the official ``incremental_train_and_eval_MR_LF``)::
 with ``L_mr`` the margin ranking on replayed samples (unscaled cosines, m = 0.5, K = 2 hardest new
 classes, mean over the H·K pairs). Class-balanced finetuning of the classifier (``--lucir-cbf``; off by
 default as in the official CIFAR scripts, on for ImageNet) runs after the memory update on the memory alone:
-20 epochs, lr 0.01 ÷10 at 10, the classifier only. Evaluated with the CNN and the NME classifier.
+20 epochs, lr 0.01 ÷10 at 10, the classifier's rows only (not σ), the network in evaluation mode (the official
+``--ft_flag 2`` with ``fix_bn``: the batch norms keep stage 1's statistics). Evaluated with the CNN and the NME classifier.
 
 ``lucir-bsce``: the CE term becomes BalancedS-CE ``CE(σ·cos + log n_c, y)`` and the balanced finetuning is
 removed, nothing else changes; ``lucir-bsce-relaxed``: no memory, ``λ_c = ε`` for the old classes (the margin
@@ -86,7 +87,8 @@ class LUCIR(Method):
         epochs = self.options.lucir_cbf_epochs
         cbf = self.main_stage(ctx, name="cbf", epochs=epochs, lr=0.01, schedule="step",
                               lr_steps=(epochs // 2,) if epochs > 1 else (), lr_decay=0.1, weight_decay=1e-4,
-                              after_memory=True, parameters=lambda m: list(m.head.blocks.parameters()))
+                              after_memory=True, parameters=lambda m: list(m.head.blocks.parameters()),
+                              train_mode=False)  # the official --ft_flag 2: fix_bn, batch norms in eval mode
         return [main, cbf]
 
     def loss(self, ctx, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
