@@ -31,7 +31,8 @@ from cil_models import IncrementalNet, kmeans_proxies
 
 from ..options import choice, number, option
 from .base import Batch, Method
-from .cosine_common import balanced_classification, new_class_features, relaxed_eps_option, trainable_without_old_rows
+from .cosine_common import (balanced_classification, new_class_features, reject_ignored_options, relaxed_eps_option,
+                            trainable_without_old_rows)
 from .registry import register
 
 
@@ -103,6 +104,17 @@ class PODNet(Method):
                                    schedule="constant", after_memory=True,
                                    parameters=lambda m: list(m.head.blocks.parameters()))
         return [main, finetune]
+
+    @classmethod
+    def check_options(cls, run) -> None:
+        ignored = {}
+        if cls.classification != "nca":
+            why = f"its classification term is {cls.classification}, not PODNet's NCA"
+            ignored.update(podnet_nca=why, podnet_margin=why)
+        if not cls.balanced_finetuning:
+            why = "it has no balanced finetuning"
+            ignored.update(podnet_finetune_epochs=why, podnet_finetune_lr=why)
+        reject_ignored_options(cls.name, run.method_options, ignored)
 
     def classification_loss(self, ctx, similarities: torch.Tensor, scale: torch.Tensor,
                             target: torch.Tensor) -> torch.Tensor:
