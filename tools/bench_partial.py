@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     backbone = build_backbone(args.backbone).to(memory_format=torch.channels_last).train()
     dim = int(backbone(x[:2]).shape[1])
     head = torch.nn.Linear(dim, args.classes)
-    state = ({k: v.clone() for k, v in backbone.state_dict().items()}, {k: v.clone() for k, v in head.state_dict().items()})
+    state = [{k: v.clone() for k, v in module.state_dict().items()} for module in (backbone, head)]
 
     def reset() -> None:  # both rows start from the same weights and running statistics
         backbone.load_state_dict(state[0])
@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append((time.perf_counter() - t0) / args.steps)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     paired = statistics.median(a / b for a, b in zip(times["whole"], times["head"]))
-    print(f"classifier-only step: {args.backbone}, batch {args.batch}, {args.size}x{args.size}, {args.threads} threads, "
-          f"bf16 autocast {'on' if amp else 'off'}, channels_last, median of {args.repeats} rounds of {args.steps} steps")
+    print(f"classifier-only step: {args.backbone}, batch {args.batch}, {args.size}x{args.size}, "
+          f"{args.threads} threads, bf16 autocast {'on' if amp else 'off'}, channels_last, "
+          f"median of {args.repeats} rounds of {args.steps} steps")
     print(f"{'row':<6} {'ms/step':>9} {'img/s':>8}")
     for name in steps:
         print(f"{name:<6} {med[name] * 1e3:>9.1f} {args.batch / med[name]:>8.0f}")

@@ -11,8 +11,9 @@ Loss in phase t ≥ 1 (the official ``incremental_train_and_eval_MR_LF``)::
 with ``L_mr`` the margin ranking on replayed samples (unscaled cosines, m = 0.5, K = 2 hardest new
 classes, mean over the H·K pairs). Class-balanced finetuning of the classifier (``--lucir-cbf``; off by
 default as in the official CIFAR scripts, on for ImageNet) runs after the memory update on the memory alone:
-20 epochs, lr 0.01 ÷10 at 10, the classifier's rows only (not σ), the network in evaluation mode (the official
-``--ft_flag 2`` with ``fix_bn``: the batch norms keep stage 1's statistics). Evaluated with the CNN and the NME classifier.
+20 epochs, lr 0.01 ÷10 at 10, the classifier's rows only (not σ), the network in evaluation mode (the
+official ``--ft_flag 2`` with ``fix_bn``: the batch norms keep stage 1's statistics). Evaluated with the CNN
+and the NME classifier.
 
 ``lucir-bsce``: the CE term becomes BalancedS-CE ``CE(σ·cos + log n_c, y)`` and the balanced finetuning is
 removed, nothing else changes; ``lucir-bsce-relaxed``: no memory, ``λ_c = ε`` for the old classes (the margin
