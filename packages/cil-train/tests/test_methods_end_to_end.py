@@ -24,8 +24,9 @@ VARIANTS = [
      "--no-ssil-ratio-preserving", "--ssil-schedule", "run"), ("dgr",), ("dgr", "--no-dgr-dakd", "--no-dgr-decouple"),
     ("dgr", "--dgr-offsets", "grad"), ("dgr", "--no-dgr-regularized-softmax"),
     ("lucir",), ("lucir", "--lucir-cbf", "--lucir-cbf-epochs", "1"), ("lucir-bsce",), ("lucir-bsce-relaxed",),
-    ("podnet", "--podnet-proxies", "3", "--podnet-finetune-epochs", "1"), ("podnet-bsce", "--podnet-nca", "paper"),
+    ("podnet", "--podnet-proxies", "3", "--podnet-finetune-epochs", "1"), ("podnet-bsce",),
     ("podnet-bsce-relaxed", "--podnet-proxies", "2"),
+    ("podnet", "--podnet-nca", "paper", "--podnet-finetune-epochs", "0"),  # NCA is podnet's alone (not -bsce's)
     ("der",), ("der-jioc", "--jioc", "oc"), ("foster", "--foster-compression-epochs", "1"), ("foster-jioc",),
 ]
 
