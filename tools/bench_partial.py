@@ -22,14 +22,18 @@ import argparse
 import contextlib
 import json
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from cil_models import build_backbone
+from cil_train.devices import resolve_amp
 from cil_train.stages import frozen_outside
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import interleaved_times  # noqa: E402  (the alternating-order rounds of bench models)
 
 
 def make_step(backbone: torch.nn.Module, head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, freeze: bool,
@@ -63,14 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
-                        help="bf16 autocast (auto: where the CPU has native bf16, as the loop's default)")
+    parser.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                        help="bf16 autocast (auto: where the CPU has fast bf16, as the loop's default)")
     args = parser.parse_args(argv)
     if args.quick:
         args.backbone, args.batch, args.repeats, args.steps = "resnet8", 16, 1, 1
     torch.set_num_threads(args.threads)
-    amp = args.amp == "on" or (args.amp == "auto" and torch.backends.mkldnn.is_available()
-                               and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    amp = resolve_amp(args.amp, torch.device("cpu")) is not None
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, args.classes, (args.batch,), generator=g)
@@ -90,14 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         reset()
         grads[name] = step()
     diff = (grads["whole"] - grads["head"]).abs().max().item()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(args.repeats):
-        order = list(steps.items()) if r % 2 == 0 else list(steps.items())[::-1]
-        for name, step in order:
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[name].append((time.perf_counter() - t0) / args.steps)
+    rounds = {name: (lambda _x, step=step: [step() for _ in range(args.steps)]) for name, step in steps.items()}
+    times = {name: [t / args.steps for t in ts] for name, ts in interleaved_times(rounds, x, args.repeats).items()}
     med = {name: statistics.median(ts) for name, ts in times.items()}
     paired = statistics.median(a / b for a, b in zip(times["whole"], times["head"]))
     print(f"classifier-only step: {args.backbone}, batch {args.batch}, {args.size}x{args.size}, "
