@@ -16,12 +16,24 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["boolean", "choice", "int_list", "number", "option", "option_name", "optional_str", "text"]
+__all__ = ["boolean", "choice", "int_list", "number", "option", "option_name", "optional_str",
+           "reject_ignored_options", "text"]
 
 
 def option_name(field_name: str) -> str:
     """The command-line spelling of a field: ``memory_per_class`` → ``--memory-per-class``."""
     return "--" + field_name.replace("_", "-")
+
+
+def reject_ignored_options(method: str, options: Any, ignored: dict[str, str]) -> None:
+    """A ``ConfigError`` for the first field of ``ignored`` (``{field: why it has no effect}``) that ``options``
+    sets away from its default: an option the method does not read with the others as given would otherwise
+    change nothing in silence (``--podnet-nca paper`` on ``podnet-bsce-relaxed``, whose classification term is
+    not PODNet's NCA; ``--wa-p 1`` with ``--no-wa-align``)."""
+    defaults = {f.name: f.default for f in attrs.fields(type(options))}
+    for name, why in ignored.items():
+        if getattr(options, name) != defaults[name]:
+            raise ConfigError(f"{option_name(name)} has no effect with --method {method}: {why}.")
 
 
 def _fail(attribute: attrs.Attribute, value: Any, allowed: str) -> None:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..options import number, option, option_name
+from ..options import number, option, option_name, reject_ignored_options
 
 if TYPE_CHECKING:  # pragma: no cover
     import cil_data
@@ -118,8 +118,17 @@ class Method:
         return cls.Options(**values)
 
     @classmethod
+    def ignored_options(cls, options: Any) -> dict[str, str]:
+        """``{field: why it has no effect}`` for this method's options that ``options`` (the other values as
+        given) leaves unread, e.g. ``wa_p`` with ``--no-wa-align``. :meth:`check_options` makes setting one of
+        them away from its default a ``ConfigError``, so that a probe row cannot silently repeat the default."""
+        return {}
+
+    @classmethod
     def check_options(cls, run: "RunConfig") -> None:
-        """Rules between this method's options and the shared ones (raise ConfigError)."""
+        """Rules between this method's options and the shared ones (raise ConfigError); by default, an option
+        of :meth:`ignored_options` set away from its default is an error."""
+        reject_ignored_options(cls.name, run.method_options, cls.ignored_options(run.method_options))
 
     # -- network -------------------------------------------------------------------------------
     def build_network(self, in_channels: int) -> "IncrementalNet":

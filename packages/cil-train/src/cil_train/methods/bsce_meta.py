@@ -65,6 +65,12 @@ class MetaBalancedSoftmax(BalancedSoftmax):
     position = 40
     Options = MetaOptions
 
+    @classmethod
+    def ignored_options(cls, options) -> dict[str, str]:
+        if options.meta_optimizer == "sgd":
+            return {"meta_adam_lr": "it sets Adam's learning rate, and --meta-optimizer is sgd"}
+        return {"meta_lr": f"it is the plain step's size, and --meta-optimizer is {options.meta_optimizer}"}
+
     def __init__(self, run) -> None:
         super().__init__(run)
         self._alpha = 1.0

@@ -5,32 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 import torch.nn.functional as F
 
 import cil_losses as L
 
-from ..errors import ConfigError
-from ..options import number, option, option_name
+from ..options import number, option
 
-__all__ = ["balanced_classification", "new_class_features", "reject_ignored_options", "relaxed_eps_option",
+__all__ = ["balanced_classification", "new_class_features", "relaxed_eps_option",
            "trainable_without_old_rows"]
 
 
 def relaxed_eps_option() -> Any:
     """The ``relaxed_eps`` option of the Relaxed variants (the same flag as bsce-relaxed's)."""
     return option("λ of old classes (default 0.2 % of the mean class count)", number(0.0, optional=True))
-
-
-def reject_ignored_options(method: str, options: Any, ignored: dict[str, str]) -> None:
-    """A ``ConfigError`` for the first option of ``ignored`` (``{field: why it is ignored}``) that is set away from
-    its default: an option a variant does not read would otherwise change nothing in silence (``--podnet-nca
-    paper`` on ``podnet-bsce-relaxed``, whose classification term is not PODNet's NCA)."""
-    defaults = {f.name: f.default for f in attrs.fields(type(options))}
-    for name, why in ignored.items():
-        if getattr(options, name) != defaults[name]:
-            raise ConfigError(f"{option_name(name)} has no effect with --method {method}: {why}.")
 
 
 def new_class_features(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,7 +50,7 @@ from ..options import choice, number, option
 from ..stages import ShuffleBatches
 from .base import Batch, Method
 from .expansion_common import balanced_subset, classification_term, distillation_terms, draw_rows_, phase_generator
-from .icarl import JIOCOptions
+from .icarl import JIOCOptions, jioc_ignored_options
 from .registry import register
 
 
@@ -81,6 +81,14 @@ class DER(Method):
     position = 130
     evaluation = ("cnn",)
     Options = DEROptions
+
+    @classmethod
+    def ignored_options(cls, options) -> dict[str, str]:
+        if options.der_bias_correction == "balanced":
+            return {}
+        why = ("the classifier-learning stage runs only with --der-bias-correction balanced "
+               f"(here {options.der_bias_correction})")
+        return dict.fromkeys(("der_balanced_epochs", "der_balanced_lr", "der_balanced_temperature"), why)
 
     def __init__(self, run: Any) -> None:
         super().__init__(run)
@@ -197,3 +205,7 @@ class DERJIOC(DER):
     memory = "required"
     position = 131
     Options = DERJIOCOptions
+
+    @classmethod
+    def ignored_options(cls, options) -> dict[str, str]:
+        return {**super().ignored_options(options), **jioc_ignored_options(options, distils_without_oc=False)}

@@ -55,6 +55,15 @@ class DGR(Method):
     position = 110
     Options = DGROptions
 
+    @classmethod
+    def ignored_options(cls, options) -> dict[str, str]:
+        ignored = {}
+        if not options.dgr_regularized_softmax:
+            ignored["dgr_offsets"] = "the regularised softmax is off (--no-dgr-regularized-softmax)"
+        if options.dgr_task_balance == "never":
+            ignored["dgr_eta"] = "η attenuates the task-balance ratio, which --dgr-task-balance never turns off"
+        return ignored
+
     def __init__(self, run) -> None:
         super().__init__(run)
         self.reweighter = L.GradientReweighter(decoupled=self.options.dgr_decouple, eta=self.options.dgr_eta)

@@ -62,7 +62,7 @@ from ..options import boolean, choice, number, option
 from ..stages import scale_lr_steps
 from .base import Batch, KDOptions, Method
 from .expansion_common import classification_term, distillation_terms, draw_rows_, phase_generator
-from .icarl import JIOCOptions
+from .icarl import JIOCOptions, jioc_ignored_options
 from .registry import register
 
 COMPRESSION_SHARE = 130 / 170  # official budgets: 170 boosting epochs, 130 compression epochs
@@ -251,3 +251,7 @@ class FOSTERJIOC(FOSTER):
     memory = "required"
     position = 141
     Options = FOSTERJIOCOptions
+
+    @classmethod
+    def ignored_options(cls, options) -> dict[str, str]:
+        return jioc_ignored_options(options, distils_without_oc=True)

@@ -41,6 +41,25 @@ def jioc_switches(options: Any) -> tuple[bool, bool]:
     return mode in ("both", "ic"), mode in ("both", "oc")
 
 
+def jioc_ignored_options(options: Any, *, distils_without_oc: bool) -> dict[str, str]:
+    """The JIOC options ``--jioc`` leaves unread (for ``Method.ignored_options``): the δ switches without input
+    coordination, γ2 and the squared suppression without output coordination, and γ1 with the temperature
+    too when the base method has no distillation of its own to fall back on (``distils_without_oc`` false:
+    DER; iCaRL's and FOSTER's KD keep γ1 and T)."""
+    use_ic, use_oc = jioc_switches(options)
+    ignored: dict[str, str] = {}
+    if not use_ic:
+        why = f"--jioc {options.jioc} has no input coordination"
+        ignored.update(jioc_detach=why, jioc_normalize=why)
+    if not use_oc:
+        why = f"--jioc {options.jioc} has no output coordination"
+        ignored.update(jioc_gamma2=why, jioc_squared=why)
+        if not distils_without_oc:
+            why += " and the method no distillation without it"
+            ignored.update(jioc_gamma1=why, kd_temperature=why)
+    return ignored
+
+
 @register
 class ICaRL(Method):
     name = "icarl"
@@ -67,6 +86,10 @@ class ICaRLJIOC(ICaRL):
     memory = "required"
     position = 80
     Options = JIOCOptions
+
+    @classmethod
+    def ignored_options(cls, options) -> dict[str, str]:
+        return jioc_ignored_options(options, distils_without_oc=True)
 
     def loss(self, ctx, batch: Batch):
         cfg = self.options

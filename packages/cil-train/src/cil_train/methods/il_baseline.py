@@ -77,6 +77,13 @@ class ILBaseline(Method):
     position = 20
     Options = ILOptions
 
+    @classmethod
+    def ignored_options(cls, options) -> dict[str, str]:
+        correction = getattr(options, "il_correction", None)
+        if correction in (None, "balanced-finetuning"):
+            return {}
+        return {"il_finetune_epochs": f"only --il-correction balanced-finetuning finetunes (here {correction})"}
+
     @property
     def correction(self) -> str:
         return getattr(self.options, "il_correction", "none")

@@ -32,7 +32,7 @@ from cil_models import IncrementalNet, normalized_class_means
 
 from ..options import boolean, choice, number, option
 from .base import Batch, Method
-from .cosine_common import (balanced_classification, new_class_features, reject_ignored_options, relaxed_eps_option,
+from .cosine_common import (balanced_classification, new_class_features, relaxed_eps_option,
                             trainable_without_old_rows)
 from .registry import register
 
@@ -83,10 +83,11 @@ class LUCIR(Method):
         return model
 
     @classmethod
-    def check_options(cls, run) -> None:
-        if not cls.balanced_finetuning:
-            why = "it has no class-balanced finetuning"
-            reject_ignored_options(cls.name, run.method_options, {"lucir_cbf": why, "lucir_cbf_epochs": why})
+    def ignored_options(cls, options) -> dict[str, str]:
+        if cls.balanced_finetuning:
+            return {}
+        why = "it has no class-balanced finetuning"
+        return {"lucir_cbf": why, "lucir_cbf_epochs": why}
 
     def stages(self, ctx):
         main = self.main_stage(ctx, parameters=trainable_without_old_rows)

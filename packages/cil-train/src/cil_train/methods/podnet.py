@@ -31,7 +31,7 @@ from cil_models import IncrementalNet, kmeans_proxies
 
 from ..options import choice, number, option
 from .base import Batch, Method
-from .cosine_common import (balanced_classification, new_class_features, reject_ignored_options, relaxed_eps_option,
+from .cosine_common import (balanced_classification, new_class_features, relaxed_eps_option,
                             trainable_without_old_rows)
 from .registry import register
 
@@ -106,7 +106,7 @@ class PODNet(Method):
         return [main, finetune]
 
     @classmethod
-    def check_options(cls, run) -> None:
+    def ignored_options(cls, options) -> dict[str, str]:
         ignored = {}
         if cls.classification != "nca":
             why = f"its classification term is {cls.classification}, not PODNet's NCA"
@@ -114,7 +114,7 @@ class PODNet(Method):
         if not cls.balanced_finetuning:
             why = "it has no balanced finetuning"
             ignored.update(podnet_finetune_epochs=why, podnet_finetune_lr=why)
-        reject_ignored_options(cls.name, run.method_options, ignored)
+        return ignored
 
     def classification_loss(self, ctx, similarities: torch.Tensor, scale: torch.Tensor,
                             target: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,10 @@ class SSIL(Method):
     position = 100
     Options = SSILOptions
 
+    @classmethod
+    def ignored_options(cls, options) -> dict[str, str]:
+        return {"kd_temperature": "--ssil-kd none has no distillation"} if options.ssil_kd == "none" else {}
+
     def phase_lr(self, t: int) -> float:
         return super().phase_lr(t) / (t + 1)
 

@@ -42,6 +42,13 @@ class WeightAligning(Method):
     position = 90
     Options = WAOptions
 
+    @classmethod
+    def ignored_options(cls, options) -> dict[str, str]:
+        if options.wa_align:
+            return {}
+        why = "weight aligning is off (--no-wa-align)"
+        return {"wa_p": why, "wa_clamp": why}
+
     def loss(self, ctx, batch: Batch):
         logits = ctx.net(batch.x).float()
         ce = F.cross_entropy(logits, batch.y)
