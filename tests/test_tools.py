@@ -238,6 +238,24 @@ def test_bench_methods_small(tmp_path):
     assert set(figures["growth"]) == {"der"} and len(figures["growth"]["der"]) == 2  # one row per phase
 
 
+def test_bench_methods_gives_each_method_only_stage_options_it_reads():
+    """Every registered method accepts the extra-stage epochs the benchmark gives it (an option the method's
+    other options leave unread is a ConfigError, e.g. --der-balanced-epochs with DER's default WA correction)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from bench_methods import extra_stage_options
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    from cil_train.cli import build_parser, config_from_args
+    from cil_train.methods import methods
+
+    for name in methods():
+        argv = extra_stage_options(name, 2)
+        config_from_args(build_parser().parse_args(["--method", name, "--backbone", "resnet8", *argv]))
+    assert extra_stage_options("der", 2) == [] and extra_stage_options("podnet-bsce", 2) == []
+    assert extra_stage_options("podnet", 2) == ["--podnet-finetune-epochs", "2"]
+
+
 def test_run_times_of_the_committed_matrices(tmp_path):
     folder = tmp_path / "proto"
     folder.mkdir()

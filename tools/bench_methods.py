@@ -102,6 +102,19 @@ EXTRA_STAGE_EPOCHS = {"podnet_finetune_epochs", "bic_bias_epochs", "der_balanced
                       "il_finetune_epochs", "foster_compression_epochs"}
 
 
+def extra_stage_options(name: str, epochs: int) -> list[str]:
+    """``--<stage>-epochs EPOCHS`` for each extra stage ``name`` runs with its defaults (extra stages as long as
+    the main one: the default run stays short); not for stages it does not run (DER's classifier stage without
+    ``--der-bias-correction balanced``, podnet-bsce's finetuning...), whose options would be an error."""
+    method = methods()[name]
+    own = {f.name for f in attrs.fields(method.Options)}
+    extra = {option: epochs for option in EXTRA_STAGE_EPOCHS & own}
+    argv: list[str] = []
+    for option in sorted(extra.keys() - method.ignored_options(method.Options(**extra)).keys()):
+        argv += ["--" + option.replace("_", "-"), str(epochs)]
+    return argv
+
+
 def _first_stage(row: dict) -> float:
     """Images/s of the phase's first stage (the main training stage; later ones: finetuning, compression...)."""
     stages = list(row["stages"].values())
@@ -116,9 +129,7 @@ def run_method(name: str, npz: Path, out: Path, args: argparse.Namespace, phases
             "--threads", str(args.threads), "--checkpoint-every", "0", "--amp", args.amp]
     if methods()[name].memory != "none":
         argv += ["--memory-per-class", "20"]
-    own = {f.name for f in attrs.fields(methods()[name].Options)}
-    for option in EXTRA_STAGE_EPOCHS & own:  # extra stages as long as the main one: the default run stays short
-        argv += ["--" + option.replace("_", "-"), str(args.epochs)]
+    argv += extra_stage_options(name, args.epochs)
     with ImageCounter(args.warmup_epochs) as counter:
         code = train_main(argv)
     if code != 0:
