@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool(module: str) -> Any:
+    """The module ``tools/<module>.py`` (tools/ is not a package: imported with it on ``sys.path`` for the call)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
 
 
 def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -81,11 +92,7 @@ def test_method_matrix_runs_and_tabulates(tmp_path):
 
 
 def test_method_matrix_merges_only_cells_that_compare():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        from method_matrix import merge_matrix
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
+    merge_matrix = _tool("method_matrix").merge_matrix
     first = merge_matrix(None, "p", [("a", ["--method", "a"])], [1, 2], ["--threads", "1"])
     both = merge_matrix(first, "p", [("b", ["--method", "b", "--x"]), ("a", ["--method", "a"])], [3, 1],
                         ["--threads", "1"])
@@ -101,11 +108,9 @@ def test_method_matrix_merges_only_cells_that_compare():
 
 def test_method_matrix_takes_run_options_with_or_without_the_double_dash():
     """`hatch run` swallows the first `--`: the run options must still reach every run, and typos must not."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        from method_matrix import build_parser, parse_with_common_options
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
+    tool = _tool("method_matrix")
+    build_parser = tool.build_parser
+    parse_with_common_options = tool.parse_with_common_options
     own = ["--preset", "p", "--variant", "A=icarl-jioc --jioc ic", "--out", "o"]
     for argv in ([*own, "--", "--threads", "1", "--augment", "crop"], [*own, "--threads", "1", "--augment", "crop"]):
         args, common = parse_with_common_options(build_parser(), argv)
@@ -241,11 +246,7 @@ def test_bench_methods_small(tmp_path):
 def test_bench_methods_gives_each_method_only_stage_options_it_reads():
     """Every registered method accepts the extra-stage epochs the benchmark gives it (an option the method's
     other options leave unread is a ConfigError, e.g. --der-balanced-epochs with DER's default WA correction)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        from bench_methods import extra_stage_options
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
+    extra_stage_options = _tool("bench_methods").extra_stage_options
     from cil_train.cli import build_parser, config_from_args
     from cil_train.methods import methods
 
@@ -274,11 +275,7 @@ def test_run_time_table_in_the_readme_is_what_the_results_give():
 
 
 def test_phase_gap_reads_the_committed_records():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        from phase_gap import phase_data
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
+    phase_data = _tool("phase_gap").phase_data
     # counts and memory by position in the stream (incremental label), whatever the original labels' order
     metrics = {"train_counts": [30, 50, 40, 8, 6], "class_order": [3, 0, 4, 1, 2], "increments": [2, 2, 1],
                "memory_per_class": [20, 20, 20, 8, 6]}

@@ -43,6 +43,7 @@ import cil_data
 from cil_train import loop
 from cil_train.cli import main as train_main
 from cil_train.methods import methods
+from cil_train.options import option_name
 
 
 def make_npz(folder: Path, per_class: int, test_per_class: int, seed: int = 0) -> Path:
@@ -111,7 +112,7 @@ def extra_stage_options(name: str, epochs: int) -> list[str]:
     extra = {option: epochs for option in EXTRA_STAGE_EPOCHS & own}
     argv: list[str] = []
     for option in sorted(extra.keys() - method.ignored_options(method.Options(**extra)).keys()):
-        argv += ["--" + option.replace("_", "-"), str(epochs)]
+        argv += [option_name(option), str(epochs)]
     return argv
 
 

@@ -115,27 +115,3 @@ def test_lucir_cbf_stage_is_the_official_ft_flag_2():
     assert id(net.head.scale) not in {id(p) for p in cbf.trainable(net)}
     assert (cbf.epochs, cbf.lr, cbf.lr_steps, cbf.lr_decay, cbf.schedule) == (20, 0.01, (10,), 0.1, "step")
 
-
-@pytest.mark.parametrize(("method", "options", "needle"), [
-    ("podnet-bsce-relaxed", {"podnet_nca": "paper"}, "--podnet-nca has no effect with --method podnet-bsce-relaxed"),
-    ("podnet-bsce", {"podnet_margin": 0.3}, "--podnet-margin has no effect"),
-    ("podnet-bsce", {"podnet_finetune_epochs": 5}, "no balanced finetuning"),
-    ("lucir-bsce", {"lucir_cbf": True}, "--lucir-cbf has no effect with --method lucir-bsce"),
-    ("lucir-bsce-relaxed", {"lucir_cbf_epochs": 3}, "--lucir-cbf-epochs has no effect"),
-])
-def test_an_option_a_variant_ignores_is_an_error(method, options, needle):
-    from cil_train.config import check_config
-    from cil_train.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=needle.replace("-", "\\-")):
-        check_config(RunConfig(method=method, backbone="resnet8", method_options=options))
-
-
-@pytest.mark.parametrize(("method", "options"), [
-    ("podnet", {"podnet_nca": "paper", "podnet_finetune_epochs": 5}), ("lucir", {"lucir_cbf": True}),
-    ("podnet-bsce-relaxed", {"podnet_nca": "code", "podnet_proxies": 1}),  # the default value, an option it reads
-])
-def test_options_the_method_reads_are_accepted(method, options):
-    from cil_train.config import check_config
-
-    check_config(RunConfig(method=method, backbone="resnet8", method_options=options))

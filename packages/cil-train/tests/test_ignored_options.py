@@ -1,6 +1,5 @@
-"""An option that the other options leave unread is a ConfigError, for every method (not only the cosine
-family's variants, tested in test_cosine_family_methods.py): a probe row that sets it would otherwise repeat
-the default row in silence."""
+"""An option that the other options leave unread is a ConfigError, for every method: a probe row that sets
+it would otherwise repeat the default row in silence (``--podnet-nca paper`` on podnet-bsce-relaxed did)."""
 
 from __future__ import annotations
 
@@ -17,6 +16,11 @@ def _check(method: str, options: dict) -> None:
 
 
 @pytest.mark.parametrize(("method", "options", "needle"), [
+    ("podnet-bsce-relaxed", {"podnet_nca": "paper"}, "--podnet-nca has no effect with --method podnet-bsce-relaxed"),
+    ("podnet-bsce", {"podnet_margin": 0.3}, "--podnet-margin has no effect"),
+    ("podnet-bsce", {"podnet_finetune_epochs": 5}, "no balanced finetuning"),
+    ("lucir-bsce", {"lucir_cbf": True}, "--lucir-cbf has no effect with --method lucir-bsce"),
+    ("lucir-bsce-relaxed", {"lucir_cbf_epochs": 3}, "--lucir-cbf-epochs has no effect"),
     ("wa", {"wa_align": False, "wa_p": 1.0}, "--wa-p has no effect with --method wa: weight aligning is off"),
     ("wa", {"wa_align": False, "wa_clamp": False}, "--wa-clamp has no effect"),
     ("dgr", {"dgr_regularized_softmax": False, "dgr_offsets": "grad"}, "--dgr-offsets has no effect"),
@@ -42,6 +46,8 @@ def test_an_option_the_others_leave_unread_is_an_error(method, options, needle):
 
 
 @pytest.mark.parametrize(("method", "options"), [
+    ("podnet", {"podnet_nca": "paper", "podnet_finetune_epochs": 5}), ("lucir", {"lucir_cbf": True}),
+    ("podnet-bsce-relaxed", {"podnet_nca": "code", "podnet_proxies": 1}),  # the default value, an option it reads
     ("wa", {"wa_p": 1.0, "wa_clamp": False}),
     ("wa", {"wa_align": False, "wa_p": 2.0}),          # the default value: nothing is changed in silence
     ("dgr", {"dgr_offsets": "grad", "dgr_eta": 0.5, "dgr_task_balance": "while-new-exceeds-memory"}),
