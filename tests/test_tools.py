@@ -134,18 +134,23 @@ def test_method_matrix_shares_one_base_model_per_seed(tmp_path):
     np.savez(npz, x_train=ds.train_images[keep, 0].numpy(), y_train=ds.train_labels[keep].numpy(),
              x_test=ds.test_images[test, 0].numpy(), y_test=ds.test_labels[test].numpy())
     out = tmp_path / "matrix"
-    done = _run("tools/method_matrix.py", "--preset", "embedded-lt", "--methods", "finetune,icarl,bsce", "--seeds", "1",
+    done = _run("tools/method_matrix.py", "--preset", "embedded-lt", "--methods", "finetune,icarl,dgr", "--seeds", "1",
+                "--variant", "dgr (KD ≤ 0.5)=dgr --dgr-kd-weight-max 0.5",
                 "--shared-base", "--out", str(out), "--", "--data", "npz", "--data-root", str(npz), "--phases", "2",
                 "--epochs", "1", "--backbone", "resnet8", "--memory-per-class", "3", "--threads", "1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (out / "base" / "seed1.pt").is_file()
+    cached = sorted(p.name.split("-seed")[0] for p in (out / "base").iterdir())
+    assert cached == ["dgr", "plain-ce"]
     log = (out / "runs-0.log").read_text()
-    assert log.count("base model written to") == 1 and log.count("replaces phase 1's training") == 1  # icarl
+    # finetune and dgr train and write their base; icarl and the DGR variant load them
+    assert log.count("base model written to") == 2 and log.count("replaces phase 1's training") == 2
     summary = json.loads((out / "summary.json").read_text())
     first = {k: summary[k]["runs"] for k in summary}
     metrics = {k: json.loads((out / v[0] / "metrics.json").read_text()) for k, v in first.items()}
     assert metrics["icarl"]["acc_per_phase"][0] == metrics["finetune"]["acc_per_phase"][0]
-    assert metrics["bsce"]["phases"][0]["epoch_losses"]  # not a plain-CE base: trained its own
+    assert metrics["dgr"]["phases"][0]["epoch_losses"]  # not a plain-CE base: trained its own
+    assert metrics["dgr (KD ≤ 0.5)"]["acc_per_phase"][0] == metrics["dgr"]["acc_per_phase"][0]
+    assert not metrics["dgr (KD ≤ 0.5)"]["phases"][0]["epoch_losses"]
 
 
 def test_dgr_ab_benchmark_against_a_git_revision(tmp_path):

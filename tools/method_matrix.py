@@ -31,10 +31,13 @@ seeds to a committed matrix merges with it: it runs only the cells it names, and
 every variant and seed of the folder (a call with other common options or another preset than the folder's is
 refused, since its cells would not compare). ``--table-only`` without methods rebuilds the folder's table.
 
-``--shared-base`` trains one base model per seed (``OUT/base/seed<N>.pt``, not committed) and gives it to
-every cell whose method's phase 0 is plain cross-entropy (``--base-checkpoint``; finetune, il-baseline,
-lwf, icarl, wa, ssil), as the papers start their methods from one base model: those methods then differ
-only in their incremental phases. The other methods train their own phase 0.
+``--shared-base`` gives every cell ``--base-cache OUT/base`` (not committed): one base model per seed is
+trained by the first cell that needs it and loaded by every later cell whose method's phase 0 is plain
+cross-entropy (finetune, il-baseline, lwf, icarl, wa, ssil), as the papers start their methods from one base
+model: those methods then differ only in their incremental phases. The other methods train their own phase
+0, once per seed: the variants of a method that differ only in options of the later phases
+(``Method.incremental_only``, e.g. DGR's KD cap, FOSTER's β) load it, which ends exactly as training it
+again (``tests/test_base_checkpoint.py``) and saves a third to a half of such a cell's time.
 """
 
 from __future__ import annotations
@@ -206,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time; each gets cores/jobs threads unless the options set --threads")
     p.add_argument("--shared-base", action="store_true",
-                   help="one base model per seed for every method whose phase 0 is plain CE (--base-checkpoint)")
+                   help="--base-cache OUT/base for every cell: one base model per seed for the methods whose phase 0 is "
+                        "plain CE, one per method and seed for the variants of another method")
     p.add_argument("--records-from-summary", action="store_true",
                    help="first write records for the cells of a committed OUT/summary.json that have none")
     return p
@@ -262,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def one(k: int, label: str, folder: Path, opts: list[str], seed: int) -> None:
             start = time.perf_counter()
-            if args.shared_base and methods()[opts[1]].plain_base:
-                opts = [*opts, "--base-checkpoint", str(args.out / "base" / f"seed{seed}.pt")]
+            if args.shared_base:
+                opts = [*opts, "--base-cache", str(args.out / "base")]
             status = run_cell(folder, args.preset, opts, seed, common, args.out / f"runs-{k % args.jobs}.log")
             print(f"[{k}/{len(cells)}] {label} seed {seed}: {status} ({time.perf_counter() - start:.0f} s)", flush=True)
 

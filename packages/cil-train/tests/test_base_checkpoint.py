@@ -79,3 +79,87 @@ def test_a_base_model_of_another_base_phase_is_refused(tiny, tmp_path, capsys):
     argv, _ = tiny("--method", "bsce", "--base-checkpoint", str(base), out="three")  # BalancedS-CE's phase 0
     assert main(argv) == 2
     assert "objective" in " ".join(capsys.readouterr().err.split())
+
+
+# Other values for every option a method declares ``incremental_only`` (a combination its rules accept; an
+# option its defaults make ignored, e.g. LUCIR's class-balanced finetuning under BalancedS-CE, is left out).
+_JIOC_LATER = {"kd_temperature": 3.0, "jioc_gamma1": 0.5, "jioc_gamma2": 0.5, "jioc_squared": True}
+_DER_LATER = {"der_aux_weight": 0.5, "der_bias_correction": "balanced", "der_balanced_epochs": 1,
+              "der_balanced_lr": 0.01, "der_balanced_temperature": 2.0}
+_FOSTER_LATER = {"kd_temperature": 3.0, "foster_beta1": 0.0, "foster_beta2": 0.5, "foster_counts": "official",
+                 "foster_compression_epochs": 1, "foster_compression_lr": 0.01, "foster_eval": "student",
+                 "foster_record_both": False}
+_LUCIR_LATER = {"lucir_lambda_base": 2.0, "lucir_margin": 0.3, "lucir_k": 1, "lucir_mr_weight": 0.5,
+                "lucir_mr_reduction": "sum_over_k", "lucir_imprint": False}
+_PODNET_LATER = {"podnet_flat": 0.5, "podnet_spatial": 1.0}
+LATER = {
+    "dgr": {"kd_temperature": 3.0, "dgr_dakd": False, "dgr_kd_weight_max": 0.5,
+            "dgr_task_balance": "while-new-exceeds-memory", "dgr_eta": 0.5},
+    "der": _DER_LATER,
+    "der-jioc": {**_DER_LATER, **_JIOC_LATER},
+    "foster": _FOSTER_LATER,
+    "foster-jioc": {**_FOSTER_LATER, **_JIOC_LATER},
+    "icarl-jioc": _JIOC_LATER,
+    "lucir": {**_LUCIR_LATER, "lucir_cbf": True, "lucir_cbf_epochs": 1},
+    "lucir-bsce": _LUCIR_LATER,
+    "lucir-bsce-relaxed": _LUCIR_LATER,
+    "podnet": {**_PODNET_LATER, "podnet_finetune_epochs": 1, "podnet_finetune_lr": 0.01},
+    "podnet-bsce": _PODNET_LATER,
+    "podnet-bsce-relaxed": _PODNET_LATER,
+    "bic": {"kd_temperature": 3.0, "bic_validation": 0.3, "bic_bias_epochs": 1, "bic_bias_lr": 0.01},
+}
+
+
+def _flags(values: dict) -> list[str]:
+    from cil_train.options import option_name
+
+    out: list[str] = []
+    for field, value in values.items():
+        name = option_name(field)
+        out += [name if value else "--no-" + name[2:]] if isinstance(value, bool) else [name, str(value)]
+    return out
+
+
+def test_every_method_declaring_incremental_only_options_is_checked():
+    declared = {name: cls for name, cls in methods().items() if cls.incremental_only}
+    assert sorted(declared) == sorted(LATER)
+    for name, cls in declared.items():
+        later = set(LATER[name])
+        assert later <= set(cls.incremental_only) <= later | set(cls.ignored_options(cls.Options())), name
+        assert not later & set(cls.ignored_options(cls.Options(**LATER[name]))), name
+
+
+@pytest.mark.parametrize("name", sorted(LATER))
+def test_the_variants_of_a_method_that_differ_in_later_phases_share_its_base_model(name, tiny, tmp_path):
+    """Phase 0 trained with every ``incremental_only`` option changed is the same network bit for bit (the
+    cache names it with the same key), and a default run that loads it ends exactly as one that trained it."""
+    short = ("--method", name, "--phases", "2", "--epochs", "1")
+    if methods()[name].memory == "none":  # the tiny runs keep 5 exemplars a class; 0 is "no memory"
+        short += ("--memory-per-class", "0")
+    argv, trained = tiny(*short, "--base-cache", str(tmp_path / "a"), out="trained")
+    assert main(argv) == 0
+    argv, _ = tiny(*short, *_flags(LATER[name]), "--base-cache", str(tmp_path / "b"), out="variant")
+    assert main(argv) == 0
+    (a,), (b,) = (sorted((tmp_path / d).iterdir()) for d in ("a", "b"))
+    assert a.name == b.name and a.name.startswith(f"{name}-seed7-")
+    sa, sb = (torch.load(f, weights_only=True)["net"]["state_dict"] for f in (a, b))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    argv, loaded = tiny(*short, "--base-cache", str(tmp_path / "b"), out="loaded")
+    assert main(argv) == 0
+    ma, mc = (json.loads((f / "metrics.json").read_text()) for f in (trained, loaded))
+    assert mc["phases"][0]["epoch_losses"] == [] and ma["phases"][0]["epoch_losses"] != []
+    assert mc["acc_per_phase"] == ma["acc_per_phase"] and mc["acc_matrix"] == ma["acc_matrix"]
+
+
+def test_the_plain_methods_share_one_cached_base_model_and_the_cache_excludes_a_file(tiny, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    argv, _ = tiny("--method", "finetune", "--base-cache", str(cache), out="one")
+    assert main(argv) == 0
+    argv, _ = tiny("--method", "wa", "--base-cache", str(cache), out="two")
+    assert main(argv) == 0
+    (only,) = cache.iterdir()
+    assert only.name.startswith("plain-ce-seed7-")
+    assert "the base model of" in capsys.readouterr().out
+    argv, _ = tiny("--method", "wa", "--base-cache", str(cache), "--base-checkpoint", str(only), out="three")
+    assert main(argv) == 2
+    assert "exclusive" in capsys.readouterr().err

@@ -11,12 +11,19 @@ data and its long tail, the classes of phase 0 and their training counts, the ba
 file), the main stage of phase 0 (epochs, lr, schedule, batch size, momentum, weight decay), precision,
 seed and the training objective. The objective is ``"plain-ce"`` for methods whose phase 0 is plain
 cross-entropy on the default network (``Method.plain_base``: finetune, iCaRL, WA, ...), so those share one
-base model; any other method's objective is its name and options, so it shares only with itself. A run
+base model; any other method's objective is its name and the options its phase 0 reads (all but
+``Method.incremental_only``), so it shares with its own variants that differ only in later phases. A run
 whose fingerprint differs from FILE's stops with the list of differences.
+
+``--base-cache DIR`` names the file itself: ``DIR/<method or plain-ce>-seed<N>-<key>.pt``, where the key is a
+hash of the fingerprint, so one folder serves every method, variant and seed of a matrix, and a run whose
+phase 0 cannot be stored (several stages, a stage after the memory update) trains it as usual.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +50,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def unstorable(method: Any, stages: list[Any]) -> str:
+    """Why phase 0's ``stages`` cannot be stored as a base model, or "" when they can."""
+    if any(s.after_memory for s in stages):
+        return (f"--method {method.name} trains a stage after phase 0's memory update; its base model cannot be "
+                "stored before it")
+    if len(stages) != 1:
+        return (f"--method {method.name} trains {len(stages)} stages in phase 0; only a single-stage base phase can "
+                "be shared")
+    return ""
+
+
 def fingerprint(run: Any, method: Any, stages: list[Any], classes: list[int], counts: list[int],
                 amp: str) -> dict[str, Any]:
     """What decides the base model of ``run`` (phase 0's ``stages``, its ``classes`` and their ``counts``)."""
-    if any(s.after_memory for s in stages):
-        raise ConfigError(f"--base-checkpoint: --method {method.name} trains a stage after phase 0's memory update; "
-                          f"its base model cannot be stored before it (run without --base-checkpoint)")
-    if len(stages) != 1:
-        raise ConfigError(f"--base-checkpoint: --method {method.name} trains {len(stages)} stages in phase 0; only a "
-                          f"single-stage base phase can be shared (run without --base-checkpoint)")
+    why = unstorable(method, stages)
+    if why:
+        raise ConfigError(f"--base-checkpoint: {why} (run without --base-checkpoint)")
     (stage,) = stages
     if method.plain_base:
         objective: Any = "plain-ce"
     else:
         options = attrs.asdict(method.options) if attrs.has(type(method.options)) else {}
-        objective = {"method": method.name, "options": {k: _plain(v) for k, v in sorted(options.items())}}
+        read = {k: _plain(v) for k, v in sorted(options.items()) if k not in method.incremental_only}
+        objective = {"method": method.name, "options": read}
     return {
         "objective": objective,
         **{f: _plain(getattr(run, f)) for f in _DATA_FIELDS},
@@ -70,6 +86,14 @@ def fingerprint(run: Any, method: Any, stages: list[Any], classes: list[int], co
         "parameters": "all" if stage.parameters is None else f"{method.name}'s own",
         "loss": "the method's" if stage.loss is None else f"{method.name}'s stage loss",
     }
+
+
+def cache_file(folder: str | Path, print_: dict[str, Any]) -> Path:
+    """``--base-cache``'s file for a base phase: readable prefix, then a hash of the whole fingerprint."""
+    key = hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()[:16]
+    objective = print_["objective"]
+    who = objective if isinstance(objective, str) else objective["method"]
+    return Path(folder) / f"{who}-seed{print_['seed']}-{key}.pt"
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

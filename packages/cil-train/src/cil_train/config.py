@@ -136,6 +136,12 @@ class RunConfig:
         "been trained with the same base phase: checked), else written after phase 0; one base model per "
         "protocol and seed shared by every method whose phase 0 is plain cross-entropy", optional_str,
         group="training")
+    base_cache: str | None = option(
+        "a folder of base models named by their base phase (method or plain-ce, seed, hash of everything that "
+        "decides phase 0): phase 0 is loaded from it when a run with the same base phase wrote it, else trained "
+        "and written there; so the plain-CE methods of a matrix share one base model per seed, and the variants "
+        "of another method that differ only in options of the later phases share that method's; a method whose "
+        "phase 0 cannot be stored trains it as usual", optional_str, group="training")
     threads: int | None = option("CPU threads for torch (default: torch's choice)",
                                  number(1, optional=True, integer=True), group="training")
     fold_bn: bool = option(
@@ -268,6 +274,8 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.lr_steps and any(s < 1 or s >= cfg.epochs for s in cfg.lr_steps):
         raise ConfigError(f"--lr-steps {','.join(map(str, cfg.lr_steps))}: every step must lie in "
                           f"1..{cfg.epochs - 1} (--epochs {cfg.epochs}).")
+    if cfg.base_checkpoint and cfg.base_cache:
+        raise ConfigError("--base-checkpoint and --base-cache are exclusive: the cache names the file itself.")
     if cfg.increments is not None and (cfg.base_classes is not None):
         raise ConfigError("--increments and --base-classes are exclusive: --increments already fixes the first phase.")
     if cfg.amp == "fp16" and not cfg.device.startswith("cuda") and cfg.device != "auto":

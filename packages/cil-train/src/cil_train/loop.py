@@ -26,7 +26,8 @@ from cil_models import IncrementalNet
 from cil_models.ecosystem import load_backbone_weights
 
 from . import compilation, metrics as M
-from .base_model import fingerprint as base_fingerprint, load_base, save_base
+from .base_model import (cache_file as base_cache_file, fingerprint as base_fingerprint, load_base, save_base,
+                         unstorable as base_unstorable)
 from .checkpoint import (CHECKPOINT, Checkpoint, atomic_write_json, checkpoint_candidates, load_checkpoint,
                          remove_temporary_files, save_checkpoint, writing)
 from .config import RunConfig, memory_budget
@@ -249,17 +250,16 @@ class Trainer:
         stages = self.method.stages(ctx)
         first_after = next((k for k, s in enumerate(stages) if s.after_memory), len(stages))
         done = resume.stage if resume is not None else 0
-        base_print = self._base_fingerprint(phase, stages) if (t == 0 and resume is None) else None
-        if base_print is not None and Path(self.cfg.base_checkpoint).is_file():
-            net_state, trained_by = load_base(self.cfg.base_checkpoint, base_print)
+        base = self._base_file(phase, stages) if (t == 0 and resume is None) else None
+        if base is not None and base[0].is_file():
+            net_state, trained_by = load_base(base[0], base[1])
             model.load_state_dict(net_state["state_dict"])
-            self.log(f"phase 1: the base model of {self.cfg.base_checkpoint} (trained by {trained_by}) replaces "
-                     f"phase 1's training")
+            self.log(f"phase 1: the base model of {base[0]} (trained by {trained_by}) replaces phase 1's training")
             done = first_after = len(stages)
         self._run_stages(ctx, stages, range(max(done, 0), first_after), aug_gen, phase_losses, resume, run_start)
-        if base_print is not None and done == 0 and self.info.is_main:
-            save_base(self.cfg.base_checkpoint, base_print, model.checkpoint_state(), self.cfg.method)
-            self.log(f"phase 1: base model written to {self.cfg.base_checkpoint}")
+        if base is not None and done == 0 and self.info.is_main:
+            save_base(base[0], base[1], model.checkpoint_state(), self.cfg.method)
+            self.log(f"phase 1: base model written to {base[0]}")
         train_seconds = time.perf_counter() - phase_start
         if done < first_after or resume is None:
             self._end_figures = {key: float(value) for key, value in self.method.end_phase(ctx).items()}
@@ -284,13 +284,21 @@ class Trainer:
             atomic_write_json(self.out / "metrics.json", {"complete": False, "phases": self.records})
         return model
 
-    def _base_fingerprint(self, phase: cil_data.Phase, stages: list[Stage]) -> dict[str, Any] | None:
-        """What decides phase 0's network with ``--base-checkpoint`` (see ``base_model``); None without it."""
-        if not self.cfg.base_checkpoint:
+    def _base_file(self, phase: cil_data.Phase, stages: list[Stage]) -> tuple[Path, dict[str, Any]] | None:
+        """The base model's file and fingerprint with ``--base-checkpoint`` or ``--base-cache`` (see
+        ``base_model``); None without them, or with the cache when this method's phase 0 cannot be stored."""
+        if not (self.cfg.base_checkpoint or self.cfg.base_cache):
+            return None
+        why = base_unstorable(self.method, stages)
+        if why and not self.cfg.base_checkpoint:
+            self.log(f"phase 1: trained here, not from --base-cache: {why}")
             return None
         n = phase.num_seen
-        return base_fingerprint(self.cfg, self.method, stages, list(self.scenario.class_order[:n]),
-                                self.scenario.train_counts[:n].tolist(), str(self.amp_dtype))
+        print_ = base_fingerprint(self.cfg, self.method, stages, list(self.scenario.class_order[:n]),
+                                  self.scenario.train_counts[:n].tolist(), str(self.amp_dtype))
+        if self.cfg.base_checkpoint:
+            return Path(self.cfg.base_checkpoint), print_
+        return base_cache_file(self.cfg.base_cache, print_), print_
 
     def _phase_data(self, phase: cil_data.Phase) -> PhaseData:
         """New classes' images + the memory on the device, with the method's balanced held-out split."""

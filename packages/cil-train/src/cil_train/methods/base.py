@@ -82,6 +82,10 @@ class Method:
             shared main stage and uniform batches, so a base model trained by any such method can be reused
             with ``--base-checkpoint`` (``tests/test_base_checkpoint.py`` checks each method that says so).
             Not inherited: each subclass that keeps a plain phase 0 sets it again.
+        incremental_only: the fields of ``Options`` that phase 0 never reads (they act from phase 1 on, e.g.
+            a distillation weight). The base model's fingerprint (``--base-checkpoint``, ``--base-cache``)
+            leaves them out, so the variants of a method that differ only in them share one base model
+            (``tests/test_base_checkpoint.py`` trains phase 0 with each of them changed and compares).
         eager_only: why the method cannot run compiled extractors (``--compile``), or "" when it can.
     """
 
@@ -92,12 +96,17 @@ class Method:
     evaluation: ClassVar[tuple[str, ...]] = ("cnn",)
     Options: ClassVar[type] = NoOptions
     plain_base: ClassVar[bool] = False
+    incremental_only: ClassVar[tuple[str, ...]] = ()
     eager_only: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # not inherited: a subclass changes the method (e.g. bsce's phase 0 is not il-baseline's), so it says again
         cls.plain_base = bool(cls.__dict__.get("plain_base", False))
+        own = {f.name for f in attrs.fields(cls.Options)} if attrs.has(cls.Options) else set()
+        unknown = sorted(set(cls.incremental_only) - own)
+        if unknown:
+            raise TypeError(f"{cls.__name__}.incremental_only names {unknown}, not fields of its Options")
 
     def __init__(self, run: "RunConfig") -> None:
         self.run = run

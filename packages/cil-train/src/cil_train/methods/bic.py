@@ -63,6 +63,7 @@ class BiC(Method):
     memory = "required"
     position = 95
     Options = BiCOptions
+    incremental_only = ("kd_temperature", "bic_validation", "bic_bias_epochs", "bic_bias_lr")
 
     def build_network(self, in_channels: int) -> IncrementalNet:
         return IncrementalNet(self.run.backbone, in_channels=in_channels, bias_correction="newest")

@@ -81,6 +81,8 @@ class DER(Method):
     position = 130
     evaluation = ("cnn",)
     Options = DEROptions
+    incremental_only = ("der_aux_weight", "der_bias_correction", "der_balanced_epochs", "der_balanced_lr",
+                        "der_balanced_temperature")
 
     @classmethod
     def ignored_options(cls, options) -> dict[str, str]:
@@ -205,6 +207,7 @@ class DERJIOC(DER):
     memory = "required"
     position = 131
     Options = DERJIOCOptions
+    incremental_only = DER.incremental_only + ("kd_temperature", "jioc_gamma1", "jioc_gamma2", "jioc_squared")
 
     @classmethod
     def ignored_options(cls, options) -> dict[str, str]:

@@ -54,6 +54,7 @@ class DGR(Method):
     memory = "optional"
     position = 110
     Options = DGROptions
+    incremental_only = ("kd_temperature", "dgr_dakd", "dgr_kd_weight_max", "dgr_task_balance", "dgr_eta")
 
     @classmethod
     def ignored_options(cls, options) -> dict[str, str]:

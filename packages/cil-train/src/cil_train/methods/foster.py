@@ -109,6 +109,8 @@ class FOSTER(Method):
     position = 140
     evaluation = ("cnn",)
     Options = FOSTEROptions
+    incremental_only = ("kd_temperature", "foster_beta1", "foster_beta2", "foster_counts", "foster_compression_epochs",
+                        "foster_compression_lr", "foster_eval", "foster_record_both")
 
     def __init__(self, run: Any) -> None:
         super().__init__(run)
@@ -251,6 +253,7 @@ class FOSTERJIOC(FOSTER):
     memory = "required"
     position = 141
     Options = FOSTERJIOCOptions
+    incremental_only = FOSTER.incremental_only + ("jioc_gamma1", "jioc_gamma2", "jioc_squared")
 
     @classmethod
     def ignored_options(cls, options) -> dict[str, str]:

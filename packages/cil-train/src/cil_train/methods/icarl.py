@@ -86,6 +86,7 @@ class ICaRLJIOC(ICaRL):
     memory = "required"
     position = 80
     Options = JIOCOptions
+    incremental_only = ("kd_temperature", "jioc_gamma1", "jioc_gamma2", "jioc_squared")
 
     @classmethod
     def ignored_options(cls, options) -> dict[str, str]:

@@ -65,6 +65,8 @@ class LUCIR(Method):
     position = 120
     evaluation = ("cnn", "nme")
     Options = LUCIROptions
+    incremental_only = ("lucir_lambda_base", "lucir_margin", "lucir_k", "lucir_mr_weight", "lucir_mr_reduction",
+                        "lucir_imprint", "lucir_cbf", "lucir_cbf_epochs")
     classification = "ce"        # the only two places the -bsce variants differ:
     balanced_finetuning = True   # the classification term, and no class-balanced finetuning
 

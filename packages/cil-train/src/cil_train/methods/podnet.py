@@ -66,6 +66,7 @@ class PODNet(Method):
     position = 130
     evaluation = ("cnn", "nme")
     Options = PODNetOptions
+    incremental_only = ("podnet_flat", "podnet_spatial", "podnet_finetune_epochs", "podnet_finetune_lr")
     classification = "nca"       # the only two places the -bsce variants differ:
     balanced_finetuning = True   # the classification term, and no finetuning
 

@@ -87,7 +87,8 @@ class SSIL(Method):
 
     def stages(self, ctx):
         o = self.options
-        if ctx.t == 0 and (self.run.base_checkpoint or not o.ssil_own_base):  # the protocol's shared base phase
+        shared_base = self.run.base_checkpoint or self.run.base_cache
+        if ctx.t == 0 and (shared_base or not o.ssil_own_base):  # the protocol's shared base phase
             return [self.main_stage(ctx)]
         changes: dict[str, Any] = {"weight_decay": o.ssil_weight_decay}
         epochs = self.main_stage(ctx).epochs
