@@ -293,3 +293,32 @@ def test_phase_gap_reads_the_committed_records():
     assert len(rows) == 10 and rows[0].split("|")[4].strip() == "0"  # no exemplars before phase 2
     bad = _run("tools/phase_gap.py", "results/glyphs100-lt-ordered-fair", "dgr", "nope")
     assert bad.returncode != 0 and "no variant 'nope'" in bad.stderr
+
+
+@pytest.mark.parametrize("epochs", ["1", "2"])  # "before" from the end of the second-last phase / the teacher
+def test_last_phase_drift_recomputes_the_run_s_own_figures(tmp_path, epochs):
+    """tools/last_phase_drift.py on a finished PODNet run: its 'before' and 'old acc' are the run's own accuracy
+    of the second-last phase and old-class accuracy of the last one (float32 both, so equal up to an image)."""
+    import cil_data
+    from cil_train.cli import main as train
+
+    ds = cil_data.load_embedded()
+    keep = np.concatenate([np.flatnonzero(ds.train_labels.numpy() == c)[:20] for c in range(6)])
+    test = np.concatenate([np.flatnonzero(ds.test_labels.numpy() == c)[:10] for c in range(6)])
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x_train=ds.train_images[keep, 0].numpy(), y_train=ds.train_labels[keep].numpy(),
+             x_test=ds.test_images[test, 0].numpy(), y_test=ds.test_labels[test].numpy())
+    run = tmp_path / "run"
+    assert train(["--method", "podnet-bsce-relaxed", "--podnet-proxies", "2", "--data", "npz", "--data-root", str(npz),
+                  "--phases", "3", "--epochs", epochs, "--backbone", "resnet8", "--amp", "off", "--progress", "none",
+                  "--no-plots", "--threads", "1", "--out", str(run)]) == 0
+    drift = _tool("last_phase_drift")
+    figures = drift.probe(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    one_image = 100.0 / 40 + 1e-9  # 40 test images of the 4 old classes
+    assert abs(figures["before"] - metrics["acc_per_phase"][1]) <= one_image
+    assert abs(figures["old acc"] - metrics["old_acc"][2]) <= one_image
+    assert 0.0 <= figures["to new"] <= 100.0 and -1.0 <= figures["feat. cos"] <= 1.0
+    assert figures["within old"] >= figures["old acc"]  # restricting the argmax to the old classes only helps
+    done = _run("tools/last_phase_drift.py", str(run))
+    assert done.returncode == 0 and "| run | n | before | old acc |" in done.stdout, done.stderr[-2000:]
