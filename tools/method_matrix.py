@@ -37,7 +37,8 @@ cross-entropy (finetune, il-baseline, lwf, icarl, wa, ssil), as the papers start
 model: those methods then differ only in their incremental phases. The other methods train their own phase
 0, once per seed: the variants of a method that differ only in options of the later phases
 (``Method.incremental_only``, e.g. DGR's KD cap, FOSTER's β) load it, which ends exactly as training it
-again (``tests/test_base_checkpoint.py``) and saves a third to a half of such a cell's time.
+again (``tests/test_base_checkpoint.py``) and saves phase 0's share of the cell: on the fair presets' 3,000
+base steps, 101-121 s of a 363-642 s DGR, LUCIR, PODNet or FOSTER run (18-29 %, committed records).
 """
 
 from __future__ import annotations
