@@ -86,3 +86,31 @@ def test_every_method_accepts_its_defaults_and_names_real_fields(name):
         for value in _option_values(field):
             options = method.Options(**{field.name: value})
             assert set(method.ignored_options(options)) <= set(fields), (name, field.name, value)
+
+
+def test_a_run_started_before_a_rule_existed_still_resumes(tiny_argv, tmp_path, monkeypatch):
+    """The rules guard new command lines only: a run folder written when the combination was accepted (here
+    ``--no-wa-align --no-wa-clamp``, made before the WA rule by switching the rule off) resumes to its end."""
+    import json
+
+    from cil_train import loop
+    from cil_train.cli import main
+
+    wa = methods()["wa"]
+    argv = tiny_argv(tmp_path / "run", "--method", "wa", "--no-wa-align", "--no-wa-clamp", "--epochs", "1",
+                     "--threads", "1")
+    assert main(argv) == 2  # today's rule
+    monkeypatch.setattr(wa, "ignored_options", classmethod(lambda cls, options: {}))
+    original = loop.Trainer._run_phase
+
+    def interrupt_at_phase_3(self, t, *args, **kwargs):
+        if t == 2:
+            raise KeyboardInterrupt
+        return original(self, t, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Trainer, "_run_phase", interrupt_at_phase_3)
+    assert main(argv) == 130
+    monkeypatch.undo()  # the rule is back, the loop is whole
+    assert main(["--resume", str(tmp_path / "run"), "--progress", "none"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["complete"] is not False and len(metrics["acc_per_phase"]) == 3
