@@ -72,6 +72,35 @@ def test_extractor_with_folding_gives_the_model_outputs(what):
     assert make(True)(model, images[:0], what) is not None  # no images: no copy, empty outputs
 
 
+def test_extractor_folds_once_inside_a_fixed_block(monkeypatch):
+    import cil_train.evaluation as E
+
+    folds = []
+    real = E.fold_batch_norms
+    monkeypatch.setattr(E, "fold_batch_norms", lambda net: folds.append(net) or real(net))
+    model, other = _teacher(), _teacher()
+    images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
+    extract = Extractor(torch.device("cpu"), 8, lambda u8: u8.float() / 255, contextlib.nullcontext, fold_bn=True)
+    outside = [extract(model, images, "features"), extract(model, images, "logits")]
+    assert len(folds) == 2  # one copy per call outside a block
+    with extract.fixed(model):
+        inside = [extract(model, images, "features"), extract(model, images, "logits")]
+        extract(other, images)  # another network (FOSTER evaluates its teacher): folded per call
+        extract(model, images, "both")
+        with pytest.raises(RuntimeError, match="nest"):
+            with extract.fixed(model):
+                pass
+    assert [id(n) for n in folds[2:]] == [id(model), id(other)]  # the fixed model once, the other once
+    for a, b in zip(outside, inside):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    extract(model, images)
+    assert len(folds) == 5  # the block is over: per call again
+    plain = Extractor(torch.device("cpu"), 8, lambda u8: u8.float() / 255, contextlib.nullcontext)
+    with plain.fixed(model):
+        plain(model, images)
+    assert len(folds) == 5  # without --fold-bn nothing is folded
+
+
 @pytest.mark.parametrize("method", ["icarl", "lucir", "podnet"])
 def test_runs_with_and_without_folding_end_alike(tiny, method):
     results = []

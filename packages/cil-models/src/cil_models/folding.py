@@ -24,7 +24,7 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .cifar_resnet import BasicBlock, CifarResNet
 from .resnet18 import ResNet18Features
@@ -89,10 +89,12 @@ def _foldable(conv: object, bn: object) -> bool:
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``conv`` (already the copy's own module) with the folded weight and bias, in place."""
     channels_last = conv.weight.dim() == 4 and not conv.weight.is_contiguous() and \
         conv.weight.is_contiguous(memory_format=torch.channels_last)
-    fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
-    fused.requires_grad_(False)
+    conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                                  bn.weight, bn.bias)
+    conv.requires_grad_(False)
     if channels_last:
-        fused.weight.data = fused.weight.data.contiguous(memory_format=torch.channels_last)
-    return fused
+        conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+    return conv

@@ -261,9 +261,17 @@ class Trainer:
             save_base(base[0], base[1], model.checkpoint_state(), self.cfg.method)
             self.log(f"phase 1: base model written to {base[0]}")
         train_seconds = time.perf_counter() - phase_start
+        recorded = False
         if done < first_after or resume is None:
             self._end_figures = {key: float(value) for key, value in self.method.end_phase(ctx).items()}
-            self._update_memory(model, data, phase)
+            # the weights are final from here unless stages follow the memory update: one folded copy serves the
+            # features for herding and the evaluation
+            with self.extract.fixed(model):
+                self._update_memory(model, data, phase)
+                if first_after == len(stages):
+                    self._record_phase(ctx, phase, data, phase_losses, self._end_figures, table, phase_start,
+                                       train_seconds)
+                    recorded = True
         else:  # a resume inside a stage after the memory update: the updated memory is on disk
             self._end_figures = dict(resume.end_figures)
             self._load_memory(str(self.out / "memory" / Path(resume.memory_file).name))
@@ -273,7 +281,10 @@ class Trainer:
             self._run_stages(ctx, stages, range(max(done, first_after), len(stages)), aug_gen, phase_losses, resume,
                              run_start)
             train_seconds += time.perf_counter() - started
-        self._record_phase(ctx, phase, data, phase_losses, self._end_figures, table, phase_start, train_seconds)
+        if not recorded:
+            with self.extract.fixed(model):
+                self._record_phase(ctx, phase, data, phase_losses, self._end_figures, table, phase_start,
+                                   train_seconds)
         self._save(Checkpoint(config=self.cfg.to_dict(), phase=t, phase_complete=True, net=model.checkpoint_state(),
                               records=self.records, elapsed=self.elapsed_before + time.perf_counter() - run_start,
                               memory_file=self.memory_file, stage=len(stages), step=ctx.step,
