@@ -216,6 +216,43 @@ def test_bench_run_quick_splits_every_phase(tmp_path):
     assert first["ratio_to_reference"] == pytest.approx(first["img_per_s"] / figures["reference"]["img_per_s"])
 
 
+def test_bench_bound_quick(tmp_path):
+    out = tmp_path / "bound.json"
+    done = _run("tools/bench.py", "bound", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    rows = figures["results"]
+    assert set(rows) == {"step with a teacher", "its convolutions alone", "step, no teacher",
+                         "its convolutions alone, no teacher"}
+    ref = figures["reference_with_teacher"]["img_per_s"]
+    for r in rows.values():
+        assert r["img_per_s"] > 0 and r["ratio_to_reference_with_teacher"] == pytest.approx(r["img_per_s"] / ref)
+    share = rows["step with a teacher"]["img_per_s"] / rows["its convolutions alone"]["img_per_s"]
+    assert figures["convolution_share"] == pytest.approx(share)
+    assert "convolutions are" in done.stdout
+
+
+def test_bench_bound_times_every_convolution_of_the_network():
+    import torch
+    from torch import nn
+
+    bound = _tool("bench_bound")
+    net = bound._network("resnet8", (1, 28, 28), 10)
+    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    convs = bound.convolutions_of(net, x, torch.bfloat16)
+    assert [c for c, _, _ in convs] == [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert all(shape[0] == 4 and shape[1] == conv.in_channels for conv, shape, _ in convs)
+    assert convs[0][2] == torch.float32 and all(d == torch.bfloat16 for _, _, d in convs[1:])  # autocast's casts
+    # the student's part runs the backward of every convolution: weights, and inputs after the first
+    weight_grads = []
+    for conv, _, _ in convs:
+        conv.weight.register_hook(lambda g: weight_grads.append(g.shape))
+    step = bound.convolutions_of_step(net, x, torch.bfloat16, teacher=True)
+    step()
+    assert sorted(weight_grads) == sorted(conv.weight.shape for conv, _, _ in convs)
+    assert all(conv.weight.grad is None for conv, _, _ in convs)  # cleared for the next step
+
+
 def test_bench_eval_quick(tmp_path):
     out = tmp_path / "eval.json"
     done = _run("tools/bench.py", "eval", "--quick", "--json", str(out))
