@@ -210,6 +210,9 @@ def test_bench_run_quick_splits_every_phase(tmp_path):
         parts = sum(phase[p] for p in ("train", "teacher", "eval", "memory", "checkpoint", "other"))
         assert abs(parts - phase["total"]) < 1e-6 and phase["eval"] > 0 and phase["memory"] > 0
     assert "× reference" in done.stdout
+    outside = run["outside_phases"]  # setup, reports and the rest of the run around the phases
+    assert set(outside) == {"setup", "reports", "rest"} and outside["reports"] > 0 and outside["rest"] > -1e-3
+    assert sum(outside.values()) + sum(p["total"] for p in run["phases"]) == pytest.approx(run["wall_s"], abs=1e-3)
     # phase 2 (with a teacher) is compared with the reference loop that also forwards a teacher
     with_teacher = figures["reference_with_teacher"]["img_per_s"]
     assert 0 < with_teacher and second["ratio_to_reference"] == pytest.approx(second["img_per_s"] / with_teacher)

@@ -12,6 +12,11 @@ loop's steps are timed by wrapping them from outside (nothing in cil-train is ch
 * **checkpoint** — checkpoint and ``metrics.json`` writes; **other** — the rest of the phase (data on the
   device, network growth, imprinting, ...).
 
+Outside the phases: **setup** (the ``Trainer``: data, scenario, method), **reports** (``metrics.json``,
+``metrics.csv`` and, with ``--plots``, the four PNG plots cil-train writes by default) and the rest (the network,
+the final metrics). The process's start and imports (about 3 s: torch, and ``torch._dynamo``, which
+``torch.optim`` imports) are not in these figures.
+
 Training images/s of every phase are printed beside the plain reference loop of ``bench loop`` (DataLoader +
 per-image transforms, fp32) measured in the same run on the same images; phases with a teacher are compared with
 the reference loop plus a teacher (a frozen copy forwarded under ``no_grad`` and a KD term, as PyCIL's iCaRL).
@@ -77,6 +82,17 @@ def _wrap(timers: Timers, name: str, fn):
     return timed
 
 
+def _wrap_seconds(seconds: dict[str, float], name: str, fn):
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds[name] += time.perf_counter() - start
+
+    return timed
+
+
 def instrument(stack: contextlib.ExitStack, timers: Timers) -> None:
     """Wrap the loop's steps with timers for as long as ``stack`` is open."""
     patches = [
@@ -128,15 +144,22 @@ def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, comp
     timers = Timers()
     cfg = RunConfig(method=method, data="npz", data_root=str(npz), imbalance=1.0, phases=args.phases,
                     memory_per_class=20, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
-                    seed=args.seed, plots=False, progress="none", out=str(out), device=args.device,
+                    seed=args.seed, plots=args.plots, progress="none", out=str(out), device=args.device,
                     compile=compile_mode, fold_bn=fold)
+    outside: dict[str, float] = defaultdict(float)  # run-level parts outside the phases
     with contextlib.ExitStack() as stack:
         instrument(stack, timers)
         _time_teacher_calls(stack, timers)
-        trainer = L.Trainer(cfg, out, log=lambda _m: None)
+        original = L.write_reports
+        L.write_reports = _wrap_seconds(outside, "reports", original)
+        stack.callback(setattr, L, "write_reports", original)
         start = time.perf_counter()
+        trainer = L.Trainer(cfg, out, log=lambda _m: None)
+        outside["setup"] = time.perf_counter() - start
+        started = time.perf_counter()
         result = trainer.run()
         wall = time.perf_counter() - start
+    outside["rest"] = time.perf_counter() - started - sum(t["total"] for t in timers.phases) - outside["reports"]
     phases = []
     for rec, t in zip(trainer.records, timers.phases):
         images = rec["train_images"] + rec["exemplars"]
@@ -145,7 +168,7 @@ def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, comp
                        "img_per_s": images * len(rec["epoch_losses"]) / step_time if step_time else None,
                        **{p: t.get(p, 0.0) for p in PARTS}, "total": t["total"]})
     return {"method": method, "compile": compile_mode, "compiled": trainer.compiled, "fold_bn": fold,
-            "wall_s": wall,
+            "wall_s": wall, "outside_phases": dict(outside),
             "avg_inc_acc": result["avg_inc_acc"], "phases": phases}
 
 
@@ -175,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                         "compilation included in the compiled run's time)")
     p.add_argument("--fold-bn", default="on",
                    help="--fold-bn of the runs (eager ones): on, off, or both (off,on: each method once per setting)")
+    p.add_argument("--plots", action="store_true", help="write the run's plots as cil-train does by default "
+                   "(off: the reports are the metrics files only)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 600 images, 2 phases, ResNet-8")
     args = p.parse_args(argv)
     if args.quick:
@@ -216,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         with_teacher = [ph["ratio_to_reference"] for ph in run["phases"]
                         if ph["teacher"] > 0 and ph["ratio_to_reference"] is not None]
         run["mean_ratio_with_teacher"] = sum(with_teacher) / len(with_teacher) if with_teacher else None
+        o = run["outside_phases"]
+        print(f"outside the phases: setup (data, scenario, method) {o['setup']:.2f} s, reports (metrics files and "
+              f"plots) {o['reports']:.2f} s, the rest (network, final metrics) {o['rest']:.2f} s")
         if with_teacher:
             print(f"phases with a teacher: {run['mean_ratio_with_teacher']:.2f}× the reference loop with a teacher "
                   f"(mean of {len(with_teacher)} phases, {min(with_teacher):.2f}–{max(with_teacher):.2f}×)")
