@@ -41,6 +41,20 @@ def test_growing_herding_memory_against_reference(make_images) -> None:
     assert mem.images.dtype == torch.uint8 and mem.images.device.type == "cpu"
 
 
+@pytest.mark.parametrize("selection", ["herding", "random"])
+def test_added_names_the_rows_of_the_update_that_became_the_last_exemplars(make_images, selection) -> None:
+    mem = ExemplarMemory(MemoryBudget.total(12), selection)
+    assert mem.added.tolist() == []
+    for first, counts, seed in ((0, [10, 10], 2), (2, [2, 10], 3), (4, [1], 5)):
+        x, y, f = _phase(make_images, counts, first, seed)
+        mem.update(x, y, f, first + len(counts))
+        k = len(mem.added)
+        assert k == int((mem.labels >= first).sum())  # every exemplar of the new classes, and only those
+        assert torch.equal(mem.images[len(mem) - k:], x[mem.added])
+        assert torch.equal(mem.labels[len(mem) - k:], y[mem.added])
+        assert mem.added.dtype == torch.int64
+
+
 def test_total_budget_shrinks_keeping_the_first_k(make_images) -> None:
     mem = ExemplarMemory(MemoryBudget.total(12))
     x0, y0, f0 = _phase(make_images, [10, 10], 0, 2)
@@ -123,6 +137,7 @@ def test_save_load_roundtrip(tmp_path: Path, make_images) -> None:
     assert loaded.equals(mem) and loaded.budget == mem.budget and loaded.selection == "herding"
     assert loaded.images.dtype == torch.uint8 and loaded.labels.dtype == torch.int64
     assert [p.name for p in tmp_path.iterdir()] == ["memory.h5"]  # no temporary file left
+    assert loaded.added.tolist() == []  # the last update's rows are not saved
     empty = ExemplarMemory(MemoryBudget.per_class(3), "random")
     empty.save(tmp_path / "empty.h5")
     assert ExemplarMemory.load(tmp_path / "empty.h5").equals(empty)

@@ -113,3 +113,34 @@ def test_runs_with_and_without_folding_end_alike(tiny, method):
     # float32 rounding differences only: the same accuracies up to one test image of 60 in a phase
     for a, b in zip(folded["acc_per_phase"], kept["acc_per_phase"]):
         assert abs(a - b) <= 100 / 60 * 1.01
+
+
+def test_a_run_reuses_the_herding_features_for_the_new_exemplars(tiny, monkeypatch):
+    """The evaluation's class means forward only the old exemplars: the new ones' features come from the
+    herding extraction of the same phase (same folded network); the run ends as one that extracts them again."""
+    import cil_train.evaluation as E
+    import cil_train.loop as L
+
+    calls = []
+    real_call = E.Extractor.__call__
+
+    def logged(self, model, images, what="logits"):
+        calls.append((what, len(images)))
+        return real_call(self, model, images, what)
+
+    monkeypatch.setattr(E.Extractor, "__call__", logged)
+    argv, out = tiny("--method", "icarl", "--amp", "off", out="shared")
+    assert main(argv) == 0
+    shared = json.loads((out / "metrics.json").read_text())
+    features = [n for what, n in calls if what == "features"]
+    real_evaluate = L.evaluate_phase
+    monkeypatch.setattr(L, "evaluate_phase", lambda *a, added_features=None, **k: real_evaluate(*a, **k))
+    calls.clear()
+    argv, out = tiny("--method", "icarl", "--amp", "off", out="again")
+    assert main(argv) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    features_again = [n for what, n in calls if what == "features"]
+    # per phase: herding over the new images, then the class means: 5 exemplars per class, 2 new classes a phase
+    assert sum(features_again) - sum(features) == 3 * 2 * 5
+    assert shared["nme"]["acc_per_phase"] == pytest.approx(again["nme"]["acc_per_phase"])
+    assert shared["acc_per_phase"] == again["acc_per_phase"]

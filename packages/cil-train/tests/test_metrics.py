@@ -125,3 +125,14 @@ def test_evaluation_with_nme_runs_one_forward_over_the_test_images():
     assert rec["acc"] == pytest.approx(M.accuracy(want_cnn, test_y))
     with pytest.raises(ValueError, match="what must be"):
         extract(net, test_x, "nme")
+    # the features of the exemplars the phase added (the memory's last rows), kept from herding: only the other
+    # exemplars are forwarded again, and the classifier is the same
+    kept = extract(net, memory.images[6:], "features")
+    seen.clear()
+    net.features = lambda x: (seen.append(x.shape[0]), real_features(x))[1]
+    again, _, _ = evaluate_phase(net, scenario, 1, extract, ("nme",), memory, added_features=kept)
+    assert sum(seen) == 37 + 6
+    net.features = real_features
+    assert again["nme"] == rec["nme"] and again["acc"] == rec["acc"]
+    with pytest.raises(ValueError, match="10 rows but the memory holds 9"):
+        evaluate_phase(net, scenario, 1, extract, ("nme",), memory, added_features=torch.zeros(10, kept.shape[1]))

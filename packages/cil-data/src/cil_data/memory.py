@@ -64,6 +64,9 @@ class ExemplarMemory:
         original_counts: int64 ``[num_classes]`` training counts ``N_c`` of every seen class.
         class_order: the scenario's class order (original label of each incremental class), set by the
             caller and stored in the file so that a resumed run can check it.
+        added: int64 ``[K]``: the rows of the last :meth:`update`'s ``images`` that it added, in storage
+            order; they are the memory's last ``K`` rows (a caller that extracted features of those images
+            for herding can reuse them for the new exemplars). Not saved; empty after :meth:`load`.
     """
 
     def __init__(self, budget: MemoryBudget, selection: str = "herding", *, seed: int = 0) -> None:
@@ -78,6 +81,7 @@ class ExemplarMemory:
         self.labels = torch.empty(0, dtype=torch.int64)
         self.original_counts = torch.empty(0, dtype=torch.int64)
         self.class_order: list[int] = []
+        self.added = torch.empty(0, dtype=torch.int64)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -153,6 +157,7 @@ class ExemplarMemory:
         self.images = torch.cat([old_images, new_images])
         self.labels = torch.cat([self.labels[keep_old], labels_cpu[chosen]])
         self.original_counts = torch.cat([self.original_counts, new_counts])
+        self.added = chosen.to(torch.int64)
 
     # ------------------------------------------------------------------------------------------
     def _meta(self) -> dict[str, object]:

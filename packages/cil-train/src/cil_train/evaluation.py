@@ -93,12 +93,14 @@ def prediction_metrics(pred: torch.Tensor, y: torch.Tensor, boundaries: list[int
 
 
 def evaluate_phase(model: IncrementalNet, scenario: IncrementalScenario, t: int, extract: Extractor,
-                   kinds: tuple[str, ...], memory: ExemplarMemory | None) -> tuple[dict[str, Any], torch.Tensor,
-                                                                                   torch.Tensor]:
+                   kinds: tuple[str, ...], memory: ExemplarMemory | None, *,
+                   added_features: torch.Tensor | None = None) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """Phase ``t``'s record on the test images of every seen class, with the CNN's predictions and targets.
 
     ``kinds`` holds ``"nme"`` when the nearest-mean-of-exemplars classifier is reported too (``rec["nme"]``:
-    None without exemplars)."""
+    None without exemplars). ``added_features``: features of the memory's last rows (the exemplars this phase
+    added, ``memory.added``) from ``model`` as it is now, e.g. kept from the herding extraction: the class
+    means then forward only the other exemplars."""
     phase = scenario.phase(t)
     x, y = scenario.test_data(phase)
     y = y.to(extract.device)
@@ -115,10 +117,21 @@ def evaluate_phase(model: IncrementalNet, scenario: IncrementalScenario, t: int,
             rec["nme"] = None
         else:
             nme = NMEClassifier()
-            nme.fit(extract(model, memory.images, "features"), memory.labels.to(extract.device), phase.num_seen)
+            nme.fit(_memory_features(model, memory, extract, added_features), memory.labels.to(extract.device),
+                    phase.num_seen)
             nme_pred = nme.predict(test_feats)
             rec["nme"] = prediction_metrics(nme_pred, y, bounds, phase.num_old, scenario.train_counts)
     return rec, pred.cpu(), y.cpu()
+
+
+def _memory_features(model: IncrementalNet, memory: ExemplarMemory, extract: Extractor,
+                     added_features: torch.Tensor | None) -> torch.Tensor:
+    if added_features is None or len(added_features) == 0:
+        return extract(model, memory.images, "features")
+    k = len(added_features)
+    if k > len(memory):
+        raise ValueError(f"added_features has {k} rows but the memory holds {len(memory)} exemplars")
+    return torch.cat([extract(model, memory.images[: len(memory) - k], "features"), added_features.to(extract.device)])
 
 
 def run_summary(records: list[dict[str, Any]], *, method: str, data_name: str, scenario: IncrementalScenario,

@@ -267,10 +267,10 @@ class Trainer:
             # the weights are final from here unless stages follow the memory update: one folded copy serves the
             # features for herding and the evaluation
             with self.extract.fixed(model):
-                self._update_memory(model, data, phase)
+                added = self._update_memory(model, data, phase)
                 if first_after == len(stages):
                     self._record_phase(ctx, phase, data, phase_losses, self._end_figures, table, phase_start,
-                                       train_seconds)
+                                       train_seconds, added_features=added if ctx.model is model else None)
                     recorded = True
         else:  # a resume inside a stage after the memory update: the updated memory is on disk
             self._end_figures = dict(resume.end_figures)
@@ -511,30 +511,37 @@ class Trainer:
         return loss, figures
 
     # -- after training -----------------------------------------------------------------------------------
-    def _update_memory(self, model: IncrementalNet, data: PhaseData, phase: cil_data.Phase) -> None:
-        """Herding (or random selection) of the new classes into the memory, saved as this phase's file."""
+    def _update_memory(self, model: IncrementalNet, data: PhaseData,
+                       phase: cil_data.Phase) -> torch.Tensor | None:
+        """Herding (or random selection) of the new classes into the memory, saved as this phase's file.
+        Returns the features herding extracted for the exemplars it added (None without herding, or on ranks
+        other than the main one): the evaluation's class means reuse them while the weights stay."""
         if self.memory is None:
-            return
+            return None
+        added = None
         path = self._memory_path(phase.index)
         if self.info.is_main:
             herding = self.cfg.memory_selection == "herding"
             feats = self.extract(model, data.new_x, "features").cpu() if herding else None
             gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + phase.index)
             self.memory.update(data.new_x, data.new_y, feats, phase.num_seen, generator=gen)
+            if feats is not None:
+                added = feats[self.memory.added]
             with writing(path, "exemplar memory"):
                 self.memory.save(path)
         barrier(self.info)
         if not self.info.is_main:
             self.memory = ExemplarMemory.load(path, expect_class_order=list(self.scenario.class_order))
         self.memory_file = str(path)
+        return added
 
     def _record_phase(self, ctx: PhaseContext, phase: cil_data.Phase, data: PhaseData, phase_losses: list[float],
                       end_figures: dict[str, float], table: PhaseTable, phase_start: float,
-                      train_seconds: float) -> None:
+                      train_seconds: float, added_features: torch.Tensor | None = None) -> None:
         if not self.info.is_main:
             return
         rec, pred, target = evaluate_phase(ctx.model, self.scenario, phase.index, self.extract, self.evaluation,
-                                           self.memory)
+                                           self.memory, added_features=added_features)
         self._last_prediction = (pred, target)
         rec.update(
             phase=phase.index + 1, num_classes=phase.num_seen, num_new=phase.num_new,
