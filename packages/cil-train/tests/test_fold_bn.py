@@ -144,3 +144,102 @@ def test_a_run_reuses_the_herding_features_for_the_new_exemplars(tiny, monkeypat
     assert sum(features_again) - sum(features) == 3 * 2 * 5
     assert shared["nme"]["acc_per_phase"] == pytest.approx(again["nme"]["acc_per_phase"])
     assert shared["acc_per_phase"] == again["acc_per_phase"]
+
+
+def _grown(extractors: int) -> IncrementalNet:
+    torch.manual_seed(0)
+    net = IncrementalNet("resnet8", in_channels=1)
+    net.expand(2)
+    for _ in range(extractors - 1):
+        net.add_extractor()
+        net.expand(2)
+    net.freeze_extractors(range(extractors - 1))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("amp", [False, True])
+def test_frozen_features_give_the_forward_outputs_and_skip_seen_images(fold, amp):
+    from cil_train.evaluation import FrozenFeatures
+
+    net = _grown(3)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    extract = Extractor(torch.device("cpu"), 16, lambda u8: u8.float() / 255, autocast, fold_bn=fold)
+    images = torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    keys = torch.arange(100, 150)
+    store = FrozenFeatures()
+    calls = []
+    for e in net.extractors:
+        e.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    first = extract.with_frozen_features(net, images[:30], keys[:30], store, "both")
+    assert len(store) == 2 * 30  # the two frozen extractors' rows
+    want = extract(net, images[:30], "both")
+    if not fold:  # the hooks see the network itself (with folding they see the folded copy's extractors)
+        assert sum(calls) == 3 * 30 * 2
+    for a, b in zip(first, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a later phase: 20 new images, in another order; the frozen extractors forward only those
+    calls.clear()
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(4))
+    logits = extract.with_frozen_features(net, images[order], keys[order], store)
+    torch.testing.assert_close(logits, extract(net, images[order]), rtol=0, atol=0)
+    assert len(store) == 2 * 50
+    if not fold:
+        assert sum(calls) == 50 + 2 * 20 + 3 * 50  # newest over all, frozen over the new ones; then the check
+    # an extractor whose weights change is computed again (here: the step of an optimiser, in place)
+    with torch.no_grad():
+        net.extractors[0].conv1.weight.mul_(1.5)
+    torch.testing.assert_close(extract.with_frozen_features(net, images, keys, store), extract(net, images),
+                               rtol=0, atol=0)
+    # a network without frozen extractors is the plain forward; errors are named
+    plain = _grown(1)
+    torch.testing.assert_close(extract.with_frozen_features(plain, images, keys, store), extract(plain, images))
+    with pytest.raises(ValueError, match="keys for"):
+        extract.with_frozen_features(net, images, keys[:3], store)
+    with pytest.raises(ValueError, match="what must be"):
+        extract.with_frozen_features(net, images, keys, store, "features")
+
+
+def test_frozen_features_forget_extractors_that_are_gone():
+    import gc
+
+    from cil_train.evaluation import FrozenFeatures
+
+    store = FrozenFeatures()
+    extractor = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    store.features(extractor, torch.arange(4), lambda rows: extractor(x[rows]).detach())
+    assert len(store) == 4
+    del extractor
+    gc.collect()
+    other = nn.Linear(3, 2)
+    store.features(other, torch.arange(2), lambda rows: other(x[rows]).detach())
+    assert len(store) == 2
+
+
+@pytest.mark.parametrize("method", ["der", "icarl"])
+def test_runs_keep_frozen_features_and_end_alike(tiny, monkeypatch, method):
+    """DER's frozen extractors forward the test images they have seen once; the run ends as one that forwards
+    every extractor in every evaluation (bf16, the CPU default where it is fast)."""
+    import cil_train.evaluation as E
+    import cil_train.loop as L
+
+    used = []
+    real_features = E.FrozenFeatures.features
+    monkeypatch.setattr(E.FrozenFeatures, "features", lambda self, *a: used.append(1) or real_features(self, *a))
+    argv, out = tiny("--method", method, out="kept")
+    assert main(argv) == 0
+    kept = json.loads((out / "metrics.json").read_text())
+    assert len(used) == (1 + 2 if method == "der" else 0)  # DER: phase 2 has one frozen extractor, phase 3 two
+    real_evaluate = L.evaluate_phase
+    monkeypatch.setattr(L, "evaluate_phase", lambda *a, frozen_features=None, **k: real_evaluate(*a, **k))
+    argv, out = tiny("--method", method, out="again")
+    assert main(argv) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    for key in ("acc_per_phase", "acc_matrix", "old_acc", "new_acc"):
+        assert kept[key] == again[key]

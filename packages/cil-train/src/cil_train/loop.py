@@ -36,7 +36,7 @@ from .data import build_scenario, load_dataset
 from .devices import resolve_amp, resolve_device
 from .distributed import DistInfo, allreduce_gradients, barrier, broadcast_buffers
 from .errors import CheckpointError, ConfigError, TrainingDiverged
-from .evaluation import Extractor, evaluate_phase, run_summary
+from .evaluation import Extractor, FrozenFeatures, evaluate_phase, run_summary
 from .methods import Batch, method_class
 from .progress import Progress
 from .report import PhaseTable, write_reports
@@ -81,6 +81,7 @@ class Trainer:
         self._register_batch_size = False
         # forwards without gradients (teacher, evaluation, extraction) on folded copies; compiled runs share graphs
         self.fold_bn = cfg.fold_bn and not self.compiled
+        self.frozen_features = FrozenFeatures()  # frozen extractors' test features, kept across phases (DER)
         self.extract = Extractor(self.device, self.eval_batch_size, self._normalize, self._autocast,
                                  fold_bn=self.fold_bn)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -541,7 +542,8 @@ class Trainer:
         if not self.info.is_main:
             return
         rec, pred, target = evaluate_phase(ctx.model, self.scenario, phase.index, self.extract, self.evaluation,
-                                           self.memory, added_features=added_features)
+                                           self.memory, added_features=added_features,
+                                           frozen_features=self.frozen_features)
         self._last_prediction = (pred, target)
         rec.update(
             phase=phase.index + 1, num_classes=phase.num_seen, num_new=phase.num_new,
