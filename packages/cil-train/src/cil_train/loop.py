@@ -35,7 +35,7 @@ from .context import PhaseContext, PhaseData
 from .data import build_scenario, load_dataset
 from .devices import resolve_amp, resolve_device
 from .distributed import DistInfo, allreduce_gradients, barrier, broadcast_buffers
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .errors import CheckpointError, TrainingDiverged
 from .evaluation import Extractor, FrozenFeatures, evaluate_phase, run_summary
 from .methods import Batch, method_class
 from .progress import Progress
