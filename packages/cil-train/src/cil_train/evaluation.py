@@ -52,13 +52,16 @@ class Extractor:
             self._fixed = (model, fold_batch_norms(model))
         return self._fixed[1]
 
-    def _chunks(self, module: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """``module`` over ``images`` in chunks (normalised input, autocast), outputs in their own dtype."""
+    def _in_chunks(self, fn: Callable[[torch.Tensor], Any], tensor: torch.Tensor, *, images: bool = True) -> list:
+        """``fn`` over ``tensor`` in chunks of ``batch_size`` under the autocast, one output per chunk; uint8
+        ``images`` are moved to the device and normalised first."""
         outs = []
-        for chunk in images.split(self.batch_size):
+        for chunk in tensor.split(self.batch_size):
+            if images:
+                chunk = self.to_input(chunk.to(self.device, non_blocking=True))
             with self.autocast():
-                outs.append(module(self.to_input(chunk.to(self.device, non_blocking=True))))
-        return torch.cat(outs)
+                outs.append(fn(chunk))
+        return outs
 
     @torch.no_grad()
     def with_frozen_features(self, model: IncrementalNet, images: torch.Tensor, keys: torch.Tensor,
@@ -80,15 +83,12 @@ class Extractor:
         parts = []
         for i, (own, run) in enumerate(zip(model.extractors, net.extractors)):
             if i in frozen:
-                parts.append(store.features(own, keys, lambda rows, run=run: self._chunks(run, images[rows])))
+                parts.append(store.features(own, keys,
+                                            lambda rows, run=run: torch.cat(self._in_chunks(run, images[rows]))))
             else:
-                parts.append(self._chunks(run, images))
+                parts.append(torch.cat(self._in_chunks(run, images)))
         feats = torch.cat(parts, dim=1)
-        logits = []
-        for chunk in feats.split(self.batch_size):
-            with self.autocast():
-                logits.append(net.logits(chunk).float())
-        out = torch.cat(logits)
+        out = torch.cat(self._in_chunks(lambda f: net.logits(f).float(), feats, images=False))
         return (out, feats.float()) if what == "both" else out
 
     @torch.no_grad()
@@ -99,23 +99,17 @@ class Extractor:
         model.eval()
         if len(images):
             model = self._forward_model(model)
-        logits, feats = [], []
-        for chunk in images.split(self.batch_size):
-            x = self.to_input(chunk.to(self.device, non_blocking=True))
-            with self.autocast():
-                if what == "features":
-                    feats.append(model.features(x).float())
-                elif what == "logits":
-                    logits.append(model(x).float())
-                else:
-                    z, f = model(x, return_features=True)
-                    logits.append(z.float())
-                    feats.append(f.float())
+        if what == "features":
+            outs = self._in_chunks(lambda x: model.features(x).float(), images)
+        elif what == "logits":
+            outs = self._in_chunks(lambda x: model(x).float(), images)
+        else:
+            outs = self._in_chunks(lambda x: tuple(t.float() for t in model(x, return_features=True)), images)
         empty = torch.zeros(0, device=self.device)
         cat = (lambda parts: torch.cat(parts) if parts else empty)
         if what == "both":
-            return cat(logits), cat(feats)
-        return cat(feats) if what == "features" else cat(logits)
+            return cat([z for z, _ in outs]), cat([f for _, f in outs])
+        return cat(outs)
 
 
 class FrozenFeatures:
