@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +40,9 @@ import cil_data
 from cil_models import IncrementalNet, fold_batch_norms
 from cil_train.devices import resolve_amp
 
-TOOLS = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_loop  # noqa: E402  (the reference loop)
+from bench_models import interleaved_times  # noqa: E402  (the alternating-order rounds of bench models)
 
 
 def _autocast(dtype: torch.dtype | None):
@@ -142,25 +142,11 @@ def convolutions_of_step(net: nn.Module, x: torch.Tensor, amp: torch.dtype | Non
 
 
 def _median_seconds(rows: dict[str, Callable[[], None]], steps: int, repeats: int) -> dict[str, float]:
-    for fn in rows.values():  # warm-up: oneDNN primitives, allocator
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(repeats):
-        for name, fn in rows.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[name].append((time.perf_counter() - start) / steps)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def _bench_loop():
-    spec = importlib.util.spec_from_file_location("bench_loop", TOOLS / "bench_loop.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    """Median seconds per step of each row: ``repeats`` rounds of ``steps`` steps (:func:`bench_models.
+    interleaved_times`: one warm-up round, then the rows' order alternates from round to round)."""
+    times = interleaved_times({name: (lambda _x, fn=fn: [fn() for _ in range(steps)]) for name, fn in rows.items()},
+                              None, repeats)
+    return {name: statistics.median(t) / steps for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: {"ms_per_step": s * 1e3, "img_per_s": b / s} for name, s in seconds.items()}
     reference = None
     if not args.no_reference:
-        bench_loop = _bench_loop()
         ds = cil_data.load_embedded()
         if tuple(ds.image_shape) != shape:
             p.error(f"the reference loop runs on the embedded data ({ds.image_shape}); pass --shape "

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import platform
 import sys
@@ -46,7 +45,8 @@ from cil_train import RunConfig
 from cil_train import loop as L
 from cil_train.context import PhaseContext
 
-TOOLS = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_loop  # noqa: E402  (the reference loop and the data subset)
 PARTS = ("train", "teacher", "eval", "memory", "checkpoint", "other")
 
 
@@ -79,17 +79,6 @@ def _wrap(timers: Timers, name: str, fn):
             return fn(*args, **kwargs)
 
     timed.__wrapped__ = fn
-    return timed
-
-
-def _wrap_seconds(seconds: dict[str, float], name: str, fn):
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            seconds[name] += time.perf_counter() - start
-
     return timed
 
 
@@ -146,20 +135,21 @@ def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, comp
                     memory_per_class=20, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
                     seed=args.seed, plots=args.plots, progress="none", out=str(out), device=args.device,
                     compile=compile_mode, fold_bn=fold)
-    outside: dict[str, float] = defaultdict(float)  # run-level parts outside the phases
+    outside = Timers()  # run-level parts outside the phases
     with contextlib.ExitStack() as stack:
         instrument(stack, timers)
         _time_teacher_calls(stack, timers)
         original = L.write_reports
-        L.write_reports = _wrap_seconds(outside, "reports", original)
+        L.write_reports = _wrap(outside, "reports", original)
         stack.callback(setattr, L, "write_reports", original)
         start = time.perf_counter()
-        trainer = L.Trainer(cfg, out, log=lambda _m: None)
-        outside["setup"] = time.perf_counter() - start
+        with outside.part("setup"):
+            trainer = L.Trainer(cfg, out, log=lambda _m: None)
         started = time.perf_counter()
         result = trainer.run()
         wall = time.perf_counter() - start
-    outside["rest"] = time.perf_counter() - started - sum(t["total"] for t in timers.phases) - outside["reports"]
+    outside.current["rest"] = (time.perf_counter() - started - sum(t["total"] for t in timers.phases)
+                               - outside.current["reports"])
     phases = []
     for rec, t in zip(trainer.records, timers.phases):
         images = rec["train_images"] + rec["exemplars"]
@@ -168,15 +158,8 @@ def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, comp
                        "img_per_s": images * len(rec["epoch_losses"]) / step_time if step_time else None,
                        **{p: t.get(p, 0.0) for p in PARTS}, "total": t["total"]})
     return {"method": method, "compile": compile_mode, "compiled": trainer.compiled, "fold_bn": fold,
-            "wall_s": wall, "outside_phases": dict(outside),
+            "wall_s": wall, "outside_phases": dict(outside.current),
             "avg_inc_acc": result["avg_inc_acc"], "phases": phases}
-
-
-def _bench_loop():
-    spec = importlib.util.spec_from_file_location("bench_loop", TOOLS / "bench_loop.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.phases, args.backbone = 600, 2, "resnet8"
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench_loop = _bench_loop()
     ds_full = cil_data.load_npz(args.npz) if args.npz else cil_data.load_embedded()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
