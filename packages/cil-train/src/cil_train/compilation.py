@@ -20,11 +20,15 @@ cache and 2.7 s with a warm one, and a compiled training step was 1.15× the eag
 breaks even after about 175,000 training images with a cold cache, 17,000 with a warm one. Under load, with the
 earlier ungated shapes (which also compiled the last short batch): 64.7 s and 6.1 s, 1.09×, break-even after
 about 420,000 images cold. On CPUs with AMX
-the compiled ResNet-32 step was 1.32× (905 vs 687 img/s, bf16 autocast, channels_last).
+the compiled ResNet-32 step was 1.32× (905 vs 687 img/s, bf16 autocast, channels_last). On a CPU with
+AVX-512-bf16 but no AMX (2-core AMD EPYC, where ``--amp auto`` also picks bf16) it did not pay: the compiled
+ResNet-8 step with a teacher ran 0.84-0.99× the eager one in bf16 (1.12× in float32), and whole
+``glyphs100-lt-fair`` runs took longer compiled than eager (see the README's "Compilation").
 
 ``auto`` (the default) compiles on a CPU when the run plans at least :data:`AUTO_MIN_IMAGES` training images
 (forward + backward passes of one image, see :func:`planned_images`): past both cold-cache break-evens
-above, so even the first run on a machine gains. The rule looks at the run's configuration only, not at the state of the
+above, so even the first run on a machine gains, except in bf16 on a CPU without AMX, which stays eager
+(and keeps ``--fold-bn``, which a compiled run does not use). The rule looks at the run's configuration only, not at the state of the
 cache, so one command compiles (or not) the same way every time: a compiled network's numerics differ from
 the eager one's in the last bits, and a result should not depend on what ran before on the machine. GPUs: not
 measured yet for these networks, so ``auto`` leaves them eager (``--compile on`` compiles).
@@ -35,6 +39,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from .devices import cpu_has_amx
 
 __all__ = ["AUTO_MIN_IMAGES", "SizeGatedCompile", "compile_extractors", "decide", "is_compiled", "planned_images"]
 
@@ -97,12 +103,18 @@ def planned_images(cfg: Any, scenario: Any, budget: Any) -> int:
     return total
 
 
-def decide(mode: str, device: torch.device, images: int) -> tuple[bool, str]:
-    """``(compile?, why)`` for ``--compile MODE`` (see the module's docstring for the measurements behind it)."""
+def decide(mode: str, device: torch.device, images: int, amp_dtype: torch.dtype | None = None, *,
+           amx: bool | None = None) -> tuple[bool, str]:
+    """``(compile?, why)`` for ``--compile MODE`` (see the module's docstring for the measurements behind it).
+
+    ``amp_dtype``: the run's autocast dtype (None: float32); ``amx``: whether the CPU has AMX (None: ask
+    :func:`~cil_train.devices.cpu_has_amx`)."""
     if mode in ("on", "off"):
         return mode == "on", f"--compile {mode}"
     if device.type != "cpu":
         return False, "--compile auto: not measured on GPUs yet"
     if images < AUTO_MIN_IMAGES:
         return False, f"--compile auto: {images:,} planned training images < {AUTO_MIN_IMAGES:,}"
+    if amp_dtype == torch.bfloat16 and not (cpu_has_amx() if amx is None else amx):
+        return False, "--compile auto: bf16 on a CPU without AMX, where compiled runs were not faster"
     return True, f"--compile auto: {images:,} planned training images ≥ {AUTO_MIN_IMAGES:,}"

@@ -7,7 +7,7 @@ import torch
 from .distributed import DistInfo
 from .errors import ConfigError
 
-__all__ = ["resolve_amp", "resolve_device"]
+__all__ = ["cpu_has_amx", "resolve_amp", "resolve_device"]
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
@@ -23,16 +23,24 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
+def _cpu_supports(probe: str) -> bool:
+    """``torch.cpu.<probe>()``, False where torch lacks the probe or it fails."""
+    fn = getattr(torch.cpu, probe, None)
+    if fn is None:
+        return False
+    try:
+        return bool(fn())
+    except Exception:  # pragma: no cover - probe failure means "no"
+        return False
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units; Intel Sapphire Rapids and later)."""
+    return _cpu_supports("_is_amx_tile_supported")
+
+
 def _cpu_has_fast_bf16() -> bool:
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(torch.cpu, probe, None)
-        if fn is not None:
-            try:
-                if fn():
-                    return True
-            except Exception:  # pragma: no cover - probe failure means "no"
-                pass
-    return False
+    return cpu_has_amx() or _cpu_supports("_is_avx512_bf16_supported")
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:

@@ -103,7 +103,7 @@ class Trainer:
                 images = compilation.planned_images(self.cfg, self.scenario, budget)
             except cil_data.DataError:
                 pass
-        return compilation.decide(self.cfg.compile, self.device, images)
+        return compilation.decide(self.cfg.compile, self.device, images, self.amp_dtype)
 
     # -- small helpers ----------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
