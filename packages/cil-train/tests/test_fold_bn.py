@@ -177,7 +177,7 @@ def test_frozen_features_give_the_forward_outputs_and_skip_seen_images(fold, amp
     for e in net.extractors:
         e.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     first = extract.with_frozen_features(net, images[:30], keys[:30], store, "both")
-    assert len(store) == 2 * 30  # the two frozen extractors' rows
+    assert len(store) == 3 * 30  # the two frozen extractors' rows and the newest one's
     want = extract(net, images[:30], "both")
     if not fold:  # the hooks see the network itself (with folding they see the folded copy's extractors)
         assert sum(calls) == 3 * 30 * 2
@@ -188,14 +188,19 @@ def test_frozen_features_give_the_forward_outputs_and_skip_seen_images(fold, amp
     order = torch.randperm(50, generator=torch.Generator().manual_seed(4))
     logits = extract.with_frozen_features(net, images[order], keys[order], store)
     torch.testing.assert_close(logits, extract(net, images[order]), rtol=0, atol=0)
-    assert len(store) == 2 * 50
+    assert len(store) == 3 * 50
     if not fold:
-        assert sum(calls) == 50 + 2 * 20 + 3 * 50  # newest over all, frozen over the new ones; then the check
-    # an extractor whose weights change is computed again (here: the step of an optimiser, in place)
+        assert sum(calls) == 3 * 20 + 3 * 50  # every extractor over the new images only; then the check
+    # an extractor whose weights change is computed again (here: the step of an optimiser, in place), the
+    # others are not
     with torch.no_grad():
         net.extractors[0].conv1.weight.mul_(1.5)
+        net.extractors[2].conv1.weight.add_(0.25)  # the trainable newest one, trained further
+    calls.clear()
     torch.testing.assert_close(extract.with_frozen_features(net, images, keys, store), extract(net, images),
                                rtol=0, atol=0)
+    if not fold:
+        assert sum(calls) == 2 * 50 + 3 * 50
     # a network without frozen extractors is the plain forward; errors are named
     plain = _grown(1)
     torch.testing.assert_close(extract.with_frozen_features(plain, images, keys, store), extract(plain, images))
@@ -229,13 +234,22 @@ def test_runs_keep_frozen_features_and_end_alike(tiny, monkeypatch, method):
     import cil_train.evaluation as E
     import cil_train.loop as L
 
-    used = []
+    used = []  # per call: (test images asked for, images forwarded)
     real_features = E.FrozenFeatures.features
-    monkeypatch.setattr(E.FrozenFeatures, "features", lambda self, *a: used.append(1) or real_features(self, *a))
+
+    def counted(self, extractor, keys, compute):
+        used.append([len(keys), 0])
+        return real_features(self, extractor, keys, lambda rows: used[-1].__setitem__(1, len(rows)) or compute(rows))
+
+    monkeypatch.setattr(E.FrozenFeatures, "features", counted)
     argv, out = tiny("--method", method, out="kept")
     assert main(argv) == 0
     kept = json.loads((out / "metrics.json").read_text())
-    assert len(used) == (1 + 2 if method == "der" else 0)  # DER: phase 2 has one frozen extractor, phase 3 two
+    if method == "der":  # phase 2: two extractors over all test images; phase 3: three, the old two over the new
+        (n2, _), _, (n3, _), _, _ = used
+        assert used == [[n2, n2], [n2, n2], [n3, n3 - n2], [n3, n3 - n2], [n3, n3]]
+    else:
+        assert used == []
     real_evaluate = L.evaluate_phase
     monkeypatch.setattr(L, "evaluate_phase", lambda *a, frozen_features=None, **k: real_evaluate(*a, **k))
     argv, out = tiny("--method", method, out="again")
