@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import gc
 import json
 import os
 import sys
@@ -249,13 +250,31 @@ def default_out_dir(cfg: RunConfig) -> Path:
     return Path("runs") / f"{stamp}-{cfg.method}-{tag}"
 
 
-def _train(argv: Sequence[str]) -> int:
+def _settle_imports() -> None:
+    """Import what a run's first optimiser imports, with the garbage collector off, then freeze every object
+    alive (``gc.freeze``). For a process of its own (:func:`console_main`): torch.optim imports
+    ``torch._dynamo`` at its first optimiser (about a second, 135,000 objects), and each full collection of
+    the run would traverse the modules' 320,000 long-lived objects again. Measured on the bench protocol's
+    iCaRL run (the README's "Whole run"): 0.67 → 0.25 s in collections."""
+    import torch
+
+    gc.disable()
+    try:
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def _train(argv: Sequence[str], own_process: bool = False) -> int:
     from .distributed import broadcast_object, init_distributed
     from .loop import Trainer
     from .runlock import RunLock
 
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
+    if own_process:
+        _settle_imports()
     info = init_distributed(cfg.device)
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     out = Path(broadcast_object(str(out), info))
@@ -315,14 +334,17 @@ def _budget(cfg: RunConfig) -> str:
     return f"{rest}/phase" if base == rest else f"{base} (base) + {rest}/phase"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
+    """``cil-train`` with ``argv`` (default: this process's arguments); the exit status. ``own_process``: the
+    caller is the process's entry point and exits after it (:func:`console_main`); then the garbage collector
+    is tuned for one run (:func:`_settle_imports`). Callers that go on (tests, notebooks) leave it off."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["compare"]:
             from .compare import main as compare_main
 
             return compare_main(argv[1:])
-        return _train(argv)
+        return _train(argv, own_process)
     except ConfigError as exc:
         print(textwrap.fill(f"cil-train: error: {exc}", width=100, break_on_hyphens=False, break_long_words=False), file=sys.stderr)
         return 2
@@ -340,5 +362,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> int:
+    """The ``cil-train`` command and ``python -m cil_train``: :func:`main` as the process's entry point. Before
+    exiting it freezes what is left (``gc.freeze``), so the interpreter's teardown does not traverse the run's
+    objects and the imported modules again: 1.0–1.2 → 0.30–0.35 s from the last output to the end of the process
+    on the bench protocol's iCaRL run (atexit handlers and stream flushing run as usual)."""
+    status = main(own_process=True)
+    gc.freeze()
+    return status
+
+
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(console_main())
