@@ -75,8 +75,7 @@ class Extractor:
         if what not in ("logits", "both"):
             raise ValueError(f'what must be "logits" or "both", got {what!r}')
         model.eval()
-        frozen = set(model.frozen_extractors)
-        if not frozen or not len(images):
+        if not model.frozen_extractors or not len(images):
             return self(model, images, what)
         if len(keys) != len(images):
             raise ValueError(f"{len(keys)} keys for {len(images)} images")
