@@ -191,8 +191,8 @@ def evaluate_phase(model: IncrementalNet, scenario: IncrementalScenario, t: int,
     ``kinds`` holds ``"nme"`` when the nearest-mean-of-exemplars classifier is reported too (``rec["nme"]``:
     None without exemplars). ``added_features``: features of the memory's last rows (the exemplars this phase
     added, ``memory.added``) from ``model`` as it is now, e.g. kept from the herding extraction: the class
-    means then forward only the other exemplars. ``frozen_features``: the store of the frozen extractors'
-    test features (:class:`FrozenFeatures`, kept by the caller from phase to phase)."""
+    means then forward only the other exemplars. ``frozen_features``: the store of the extractors' test
+    features of a network with frozen extractors (:class:`FrozenFeatures`, kept by the caller from phase to phase)."""
     phase = scenario.phase(t)
     x, y = scenario.test_data(phase)
     y = y.to(extract.device)

@@ -81,7 +81,7 @@ class Trainer:
         self._register_batch_size = False
         # forwards without gradients (teacher, evaluation, extraction) on folded copies; compiled runs share graphs
         self.fold_bn = cfg.fold_bn and not self.compiled
-        self.frozen_features = FrozenFeatures()  # frozen extractors' test features, kept across phases (DER)
+        self.frozen_features = FrozenFeatures()  # extractors' test features, kept across phases (DER)
         self.extract = Extractor(self.device, self.eval_batch_size, self._normalize, self._autocast,
                                  fold_bn=self.fold_bn)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
