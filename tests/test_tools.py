@@ -219,6 +219,50 @@ def test_bench_run_quick_splits_every_phase(tmp_path):
     assert first["ratio_to_reference"] == pytest.approx(first["img_per_s"] / figures["reference"]["img_per_s"])
 
 
+@pytest.mark.slow
+def test_bench_revisions_side_by_side_from_one_tree(tmp_path):
+    """Both sides from the same checkout: two timed runs, equal metrics (one thread each), the table from --json."""
+    out = tmp_path / "revisions.json"
+    done = _run("tools/bench.py", "revisions", str(ROOT), str(ROOT), "--methods", "finetune", "--json", str(out),
+                "--", "--phases", "2", "--epochs", "1", "--backbone", "resnet8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["mode"] == "side by side" and figures["cil_train_args"][:2] == ["--phases", "2"]
+    (pair,) = figures["runs"]
+    a, b = pair["a"], pair["b"]
+    for side in (a, b):
+        assert side["wall_s"] > side["train_s"] > 0
+        assert side["outside_train_s"] == pytest.approx(side["wall_s"] - side["train_s"])
+    assert (a["avg_inc_acc"], a["last_acc"]) == (b["avg_inc_acc"], b["last_acc"])
+    rebuilt = _run("tools/bench.py", "revisions", "--table-only", "--json", str(out))
+    assert rebuilt.returncode == 0 and "| finetune | 1 |" in rebuilt.stdout
+    assert rebuilt.stdout.strip() in done.stdout  # the table the run printed, rebuilt from its results
+
+
+def test_bench_revisions_reports_a_failing_run(tmp_path):
+    out = tmp_path / "revisions.json"
+    done = _run("tools/bench.py", "revisions", str(ROOT), str(ROOT), "--methods", "no-such-method", "--alternate",
+                "--json", str(out))
+    assert done.returncode == 1
+    (pair,) = json.loads(out.read_text())["runs"]
+    assert "error" in pair["a"] and "error" in pair["b"]
+    assert "| no-such-method | 1 | error: " in done.stdout
+
+
+def test_revision_checkout_of_a_folder_and_of_a_commit(tmp_path):
+    tool = _tool("compare_revisions")
+    with tool.checkout(str(ROOT), tmp_path / "unused") as tree:
+        assert tree == ROOT.resolve() and not (tmp_path / "unused").exists()
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    where = tmp_path / "tree"
+    with tool.checkout("HEAD", where) as tree:
+        assert (tree / "packages" / "cil-train" / "src" / "cil_train" / "cli.py").is_file()
+        env = tool.packages_env(tree, threads=2)
+        assert env["OMP_NUM_THREADS"] == "2" and str(tree / "packages" / "cil-losses" / "src") in env["PYTHONPATH"]
+    assert not where.exists()
+
+
 def test_bench_bound_quick(tmp_path):
     out = tmp_path / "bound.json"
     done = _run("tools/bench.py", "bound", "--quick", "--json", str(out))

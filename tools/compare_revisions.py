@@ -14,6 +14,7 @@ know end in an error and are reported as such.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -45,9 +46,28 @@ def without_timings(obj):
     return obj
 
 
+@contextlib.contextmanager
+def checkout(rev: str, where: Path):
+    """The tree holding ``rev``'s packages: a detached ``git worktree`` at ``where``, removed afterwards, or ``rev``
+    itself when it names a folder holding a checkout (the working tree with its uncommitted changes, say)."""
+    if Path(rev).is_dir():
+        yield Path(rev).resolve()
+        return
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=ROOT, check=True, capture_output=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, capture_output=True)
+
+
+def packages_env(tree: Path, threads: int = 1) -> dict[str, str]:
+    """The environment of a ``python -m cil_train`` that imports the four packages from ``tree``."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads),
+            "PYTHONPATH": os.pathsep.join(str(tree / "packages" / p / "src") for p in PACKAGES)}
+
+
 def run_revision(tree: Path, variants: list[tuple[str, list[str]]], out: Path, common: list[str]) -> dict[str, dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(str(tree / "packages" / p / "src") for p in PACKAGES)}
+    env = packages_env(tree)
     results = {}
     for label, argv in variants:
         folder = out / label
@@ -77,13 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, rev in (("a", args.rev_a), ("b", args.rev_b)):
-            tree = tmp / f"tree-{name}"
-            subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True,
-                           capture_output=True)
-            try:
+            with checkout(rev, tmp / f"tree-{name}") as tree:
                 results[name] = run_revision(tree, variants, tmp / f"runs-{name}", common)
-            finally:
-                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     print(f"\n| variant | avg inc. acc {args.rev_a} | {args.rev_b} | last acc {args.rev_a} | {args.rev_b} | "
           "metrics.json identical |\n|---|---:|---:|---:|---:|---|")
     same_all = True
