@@ -249,6 +249,39 @@ def test_bench_revisions_reports_a_failing_run(tmp_path):
     assert "| no-such-method | 1 | error: " in done.stdout
 
 
+def test_bench_revisions_table_from_results():
+    tool = _tool("bench_revisions")
+
+    def side(wall, train, acc, nme=None):
+        return {"wall_s": wall, "train_s": train, "outside_train_s": wall - train, "avg_inc_acc": acc,
+                "last_acc": acc, **({"nme_avg_inc_acc": nme} if nme is not None else {})}
+
+    def pair(method, seed, repeat, a, b):
+        return {"method": method, "seed": seed, "repeat": repeat, "a": a, "b": b}
+
+    runs = [pair("icarl", 1, 0, side(12.0, 10.0, 70.0, 75.0), side(10.0, 9.0, 71.0, 74.0)),
+            pair("icarl", 2, 0, side(18.0, 15.0, 72.0, 77.0), side(10.0, 8.0, 73.0, 78.0)),
+            pair("icarl", 1, 1, side(30.0, 20.0, 70.0, 75.0), side(20.0, 19.0, 71.0, 74.0)),
+            pair("dgr", 1, 0, side(5.0, 4.0, 60.0), {"wall_s": 1.0, "error": "boom"})]
+    text = tool.table({"commit_a": "aaa", "commit_b": "bbb", "mode": "side by side", "threads": 1,
+                       "cil_train_args": ["--epochs", "1"], "methods": ["icarl", "dgr"], "runs": runs})
+    assert text.startswith("A = aaa, B = bbb; side by side, 1 thread(s) a run; cil-train --epochs 1")
+    # walls: A 20.0, B 13.33 -> 1.50x (mean over mean); the pairs' ratios 1.2, 1.8, 1.5; accuracies over seeds only
+    assert ("| icarl | 3 | 20.0 s | 13.3 s | **1.50×** (1.20–1.80×) | 15.0 → 12.0 s | 5.0 → 1.3 s | "
+            "71.00 ± 1.41 (NME 76.00 ± 1.41) | 72.00 ± 1.41 (NME 76.00 ± 2.83) |") in text
+    assert "| dgr | 1 | error: boom |" in text
+
+
+def test_readme_revisions_tables_are_the_committed_results():
+    """Each results/speed/revisions-*.json is in the README as ``bench revisions --table-only`` prints it."""
+    tool = _tool("bench_revisions")
+    readme = (ROOT / "README.md").read_text()
+    results = sorted((ROOT / "results" / "speed").glob("revisions-*.json"))
+    assert results
+    for path in results:
+        assert tool.table(json.loads(path.read_text())) in readme, path.name
+
+
 def test_revision_checkout_of_a_folder_and_of_a_commit(tmp_path):
     tool = _tool("compare_revisions")
     with tool.checkout(str(ROOT), tmp_path / "unused") as tree:

@@ -8,15 +8,16 @@ machine; ``--alternate`` runs them one after the other instead (which one goes f
 repeats). Both are started from the repository root, so a preset's ``../shared`` data resolves for both.
 
     hatch run bench revisions 0d97c2a HEAD --methods icarl,dgr --repeats 2 \\
-        --json bench-results/revisions-glyphs100-lt.json -- --preset glyphs100-lt
+        --json results/speed/revisions-glyphs100-lt.json -- --preset glyphs100-lt
     hatch run bench revisions 0d97c2a HEAD --methods dgr --seeds 1,2,3      # the main job, 3 seeds
-    hatch run bench revisions --table-only --json bench-results/revisions-glyphs100-lt.json
+    hatch run bench revisions --table-only --json results/speed/revisions-glyphs100-lt.json
 
 Everything after ``--`` goes to both runs (``--method``, ``--seed``, ``--threads``, ``--out``, ``--no-plots``
 and ``--progress none`` are set here). The table gives, per method, the mean wall time of each revision, the
 speed-up (mean over mean, and the range of the per-pair ratios), the time inside training steps and outside them
 (from ``metrics.json``: the phases' ``train_seconds`` and the rest of the process), and the average incremental
-accuracy over the seeds; a seed's metrics may differ between revisions whose numerics differ.
+accuracy over the seeds (mean ± standard deviation; NME's too where the method reports it); a seed's metrics may
+differ between revisions whose numerics differ.
 """
 
 from __future__ import annotations
@@ -121,13 +122,17 @@ def table(figures: dict) -> str:
         wall = {s: [r[s]["wall_s"] for r in ok] for s in SIDES}
         ratios = [r["a"]["wall_s"] / r["b"]["wall_s"] for r in ok]
         part = {(s, k): _mean([r[s][k] for r in ok]) for s in SIDES for k in ("train_s", "outside_train_s")}
-        accs = {s: [r[s]["avg_inc_acc"] for r in ok if r["repeat"] == 0] for s in SIDES}
+        firsts = [r for r in ok if r["repeat"] == 0]  # one run per seed
+        accs = {s: _acc([r[s]["avg_inc_acc"] for r in firsts]) for s in SIDES}
+        for s in SIDES:
+            nme = [r[s]["nme_avg_inc_acc"] for r in firsts if r[s].get("nme_avg_inc_acc") is not None]
+            accs[s] += f" (NME {_acc(nme)})" if nme else ""
         lines.append(
             f"| {method} | {len(ok)} | {_mean(wall['a']):.1f} s | {_mean(wall['b']):.1f} s | "
             f"**{_mean(wall['a']) / _mean(wall['b']):.2f}×** ({min(ratios):.2f}–{max(ratios):.2f}×) | "
             f"{part['a', 'train_s']:.1f} → {part['b', 'train_s']:.1f} s | "
             f"{part['a', 'outside_train_s']:.1f} → {part['b', 'outside_train_s']:.1f} s | "
-            f"{_acc(accs['a'])} | {_acc(accs['b'])} |")
+            f"{accs['a']} | {accs['b']} |")
     return "\n".join(lines)
 
 
