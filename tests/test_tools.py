@@ -341,7 +341,19 @@ def test_bench_eval_quick(tmp_path):
     rows = {(r["batch"], r["fold_bn"]): r for r in figures["results"]}
     assert set(rows) == {(64, False), (64, True), (512, False), (512, True)}
     assert rows[(512, False)]["ratio"] == pytest.approx(1.0) and all(r["img_per_s"] > 0 for r in rows.values())
-    assert "× reference" in done.stdout
+    assert "× reference" in done.stdout and figures["image_shape"] == [1, 28, 28]
+
+
+def test_bench_eval_on_an_npz(tmp_path):
+    g = np.random.default_rng(0)
+    npz = tmp_path / "rgb.npz"
+    np.savez(npz, x_train=g.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y_train=np.arange(40) % 4,
+             x_test=g.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), y_test=np.arange(8) % 4)
+    out = tmp_path / "eval.json"
+    done = _run("tools/bench.py", "eval", "--quick", "--npz", str(npz), "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["image_shape"] == [3, 32, 32] and figures["images"] == 40
 
 
 def test_bench_partial_quick(tmp_path):

@@ -3,6 +3,7 @@
     hatch run bench eval                          # ResNet-32, 6,000 embedded images, batch 64..2048, both forms
     hatch run bench eval --sizes 256,512,1024 --amp off --json bench-results/eval.json
     hatch run bench eval --quick                  # a few-second smoke run
+    hatch run bench eval --backbone resnet8 --threads 1 --npz ../shared/data/glyphs100.npz   # 1×32×32 images
 
 What a run's evaluation and herding do: uint8 images → normalised, channels_last input → features and logits
 under the run's autocast (``--amp auto``: bf16 where the CPU has it), no graph, in chunks of
@@ -42,6 +43,7 @@ def _extractor(batch: int, fold: bool, amp: torch.dtype | None, mean, std) -> Ex
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="resnet32")
+    p.add_argument("--npz", type=Path, help="an npz instead of the embedded data (e.g. ../shared/data/glyphs100.npz)")
     p.add_argument("--images", type=int, default=6000, help="images extracted per timing (default 6000)")
     p.add_argument("--sizes", default="64,128,256,512,1024,2048", help="batch sizes (comma-separated)")
     p.add_argument("--amp", choices=("auto", "off"), default="auto",
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     amp = resolve_amp(args.amp, torch.device("cpu"))
-    ds = cil_data.load_embedded()
+    ds = cil_data.load_npz(args.npz) if args.npz else cil_data.load_embedded()
     images = ds.train_images[: args.images]
     torch.manual_seed(0)
     model = IncrementalNet(args.backbone, in_channels=images.shape[1])
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"benchmark": "eval", "backbone": args.backbone, "images": len(images),
+                                         "image_shape": list(ds.image_shape),
                                          "amp": "bf16" if amp else "float32", "what": args.what,
                                          "threads": torch.get_num_threads(), "torch": torch.__version__,
                                          "reference_img_per_s": ref, "results": results}, indent=2))
