@@ -4,8 +4,8 @@ Each revision's packages come from a detached ``git worktree`` (or from a folder
 working tree), and each run is the real command, ``python -m cil_train`` with that revision's packages on
 ``PYTHONPATH``, timed from outside (process wall time: start-up, imports and teardown included). By default the
 two revisions' runs of one (method, seed) start together, one thread each, as the runs of a matrix share a 2-core
-machine; ``--alternate`` runs them one after the other instead (which one goes first alternates between
-repeats). Both are started from the repository root, so a preset's ``../shared`` data resolves for both.
+machine; ``--alternate`` runs them one after the other instead (which one goes first alternates from one pair
+of runs to the next). Both are started from the repository root, so a preset's ``../shared`` data resolves for both.
 
     hatch run bench revisions 0d97c2a HEAD --methods icarl,dgr --repeats 2 \\
         --json results/speed/revisions-glyphs100-lt.json -- --preset glyphs100-lt
@@ -14,8 +14,8 @@ repeats). Both are started from the repository root, so a preset's ``../shared``
 
 Everything after ``--`` goes to both runs (``--method``, ``--seed``, ``--threads``, ``--out``, ``--no-plots``
 and ``--progress none`` are set here). The table gives, per method, the mean wall time of each revision, the
-speed-up (mean over mean, and the range of the per-pair ratios), the time inside training steps and outside them
-(from ``metrics.json``: the phases' ``train_seconds`` and the rest of the process), and the average incremental
+speed-up (mean over mean, and the range of the per-pair ratios), the time inside the training stages and outside
+them (from ``metrics.json``: the phases' ``train_seconds``, teacher forwards included, and the rest of the process), and the average incremental
 accuracy over the seeds (mean ± standard deviation; NME's too where the method reports it); a seed's metrics may
 differ between revisions whose numerics differ.
 """
