@@ -36,6 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_revisions import ROOT, checkout, packages_env  # noqa: E402
 
+from cil_train.compare import mean_std  # noqa: E402  (the mean ± std cells of ``cil-train compare``)
+
 SIDES = ("a", "b")
 
 
@@ -98,12 +100,6 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def _acc(values: list[float]) -> str:
-    if not values:
-        return "—"
-    return f"{_mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
-
-
 def table(figures: dict) -> str:
     """The markdown table of a results dict (as written to ``--json``)."""
     lines = [f"A = {figures['commit_a']}, B = {figures['commit_b']}; {figures['mode']}, "
@@ -123,10 +119,10 @@ def table(figures: dict) -> str:
         ratios = [r["a"]["wall_s"] / r["b"]["wall_s"] for r in ok]
         part = {(s, k): _mean([r[s][k] for r in ok]) for s in SIDES for k in ("train_s", "outside_train_s")}
         firsts = [r for r in ok if r["repeat"] == 0]  # one run per seed
-        accs = {s: _acc([r[s]["avg_inc_acc"] for r in firsts]) for s in SIDES}
+        accs = {s: mean_std([r[s]["avg_inc_acc"] for r in firsts]) for s in SIDES}
         for s in SIDES:
             nme = [r[s]["nme_avg_inc_acc"] for r in firsts if r[s].get("nme_avg_inc_acc") is not None]
-            accs[s] += f" (NME {_acc(nme)})" if nme else ""
+            accs[s] += f" (NME {mean_std(nme)})" if nme else ""
         lines.append(
             f"| {method} | {len(ok)} | {_mean(wall['a']):.1f} s | {_mean(wall['b']):.1f} s | "
             f"**{_mean(wall['a']) / _mean(wall['b']):.2f}×** ({min(ratios):.2f}–{max(ratios):.2f}×) | "

@@ -25,7 +25,7 @@ from .config import RunConfig
 from .errors import ConfigError
 from .report import _matplotlib, _save_figure, fmt
 
-__all__ = ["RunSummary", "group_runs", "load_run", "main", "markdown_table"]
+__all__ = ["RunSummary", "group_runs", "load_run", "main", "markdown_table", "mean_std"]
 
 COLUMNS = (
     ("avg_inc_acc", "avg inc. acc"),
@@ -101,7 +101,8 @@ def group_runs(runs: Sequence[RunSummary]) -> dict[str, list[RunSummary]]:
     return out
 
 
-def _mean_std(values: Sequence[float | None]) -> str:
+def mean_std(values: Sequence[float | None]) -> str:
+    """``"mean ± standard deviation"`` of the values that are not None (2 decimals); one value alone, or "—"."""
     vals = [v for v in values if v is not None]
     if not vals:
         return "—"
@@ -115,7 +116,7 @@ def markdown_table(groups: dict[str, list[RunSummary]]) -> str:
     rule = "|---|---:|" + "|".join("---:" for _ in COLUMNS) + "|"
     rows = []
     for label, runs in groups.items():
-        cells = [_mean_std([r.value(k) for r in runs]) if k != "wall_seconds"
+        cells = [mean_std([r.value(k) for r in runs]) if k != "wall_seconds"
                  else f"{statistics.mean(r.value(k) for r in runs):.0f}" for k, _t in COLUMNS]
         rows.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join([head, rule, *rows]) + "\n"
