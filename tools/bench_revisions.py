@@ -34,8 +34,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_revisions import ROOT, checkout, packages_env  # noqa: E402
+from compare_revisions import ROOT, CheckoutError, check_revision, checkout, packages_env  # noqa: E402
 
+from cil_train.checkpoint import atomic_write_json  # noqa: E402
 from cil_train.compare import mean_std  # noqa: E402  (the mean ± std cells of ``cil-train compare``)
 
 SIDES = ("a", "b")
@@ -96,6 +97,12 @@ def run_pair(trees: dict[str, Path], argv: list[str], outs: dict[str, Path], thr
     return results
 
 
+def write_json(path: Path, figures: dict) -> None:
+    """The results so far, replacing the file whole (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, figures)
+
+
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
@@ -149,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the two revisions one after the other, not side by side")
     p.add_argument("--json", type=Path, help="write the results here (with --table-only: read them from here)")
     p.add_argument("--table-only", action="store_true", help="print the table of --json's results, run nothing")
+    p.add_argument("--names", help="NAME_A,NAME_B: the revisions' names in the table and the results, instead of "
+                   "the commits git describes (for folders outside a git checkout, e.g. a `git archive`)")
     args = p.parse_args(argv)
     if args.table_only:
         if not args.json:
@@ -159,18 +168,28 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give two revisions (or --table-only --json FILE)")
     if args.repeats < 1 or args.threads < 1:
         p.error("--repeats and --threads must be at least 1")
+    for rev in (args.rev_a, args.rev_b):
+        try:
+            check_revision(rev)
+        except CheckoutError as err:
+            p.error(str(err))
+    names = args.names.split(",") if args.names else None
+    if names is not None and (len(names) != 2 or not all(names)):
+        p.error("--names takes two names, NAME_A,NAME_B")
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     import torch  # only for the record of the host
     from cil_train.devices import cpu_has_amx
 
     figures = {"benchmark": "revisions", "rev_a": args.rev_a, "rev_b": args.rev_b,
-               "commit_a": describe(args.rev_a), "commit_b": describe(args.rev_b), "cil_train_args": extra,
+               "commit_a": names[0] if names else describe(args.rev_a),
+               "commit_b": names[1] if names else describe(args.rev_b), "cil_train_args": extra,
                "threads": args.threads, "mode": "alternate" if args.alternate else "side by side",
                "methods": methods, "seeds": seeds, "repeats": args.repeats,
                "host": {"machine": platform.machine(), "processor": platform.processor(),
                         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "amx": cpu_has_amx(),
-                        "torch": torch.__version__},
+                        "torch": torch.__version__,
+                        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
                "runs": []}
     print(f"{figures['commit_a']} against {figures['commit_b']}, {figures['mode']}, {args.threads} thread(s) a run; "
           f"cil-train {' '.join(extra) or '(defaults)'}", flush=True)
@@ -189,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                         count += 1
                         pair = run_pair(trees, run_argv, outs, args.threads, args.alternate, first)
                         figures["runs"].append({"method": method, "seed": seed, "repeat": repeat, **pair})
+                        if args.json:  # after every pair: a run stopped from outside keeps what it measured
+                            write_json(args.json, figures)
                         for side in SIDES:
                             r = pair[side]
                             what = (f"error: {r['error']}" if "error" in r
@@ -199,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(figures))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1))
+        write_json(args.json, figures)
     return 1 if failed else 0
 
 

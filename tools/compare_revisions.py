@@ -46,14 +46,35 @@ def without_timings(obj):
     return obj
 
 
+class CheckoutError(RuntimeError):
+    """A revision that names neither a commit of this repository nor a folder (git's message attached)."""
+
+
+def check_revision(rev: str) -> None:
+    """Raise :class:`CheckoutError` unless ``rev`` is a folder or names a commit here (checked before any run)."""
+    if Path(rev).is_dir():
+        return
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=ROOT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        said = done.stderr.strip()
+        raise CheckoutError(f"{rev!r} is neither a folder nor a commit of {ROOT} "
+                            f"(`git rev-parse --verify {rev}` failed{': ' + said if said else ''})")
+
+
 @contextlib.contextmanager
 def checkout(rev: str, where: Path):
     """The tree holding ``rev``'s packages: a detached ``git worktree`` at ``where``, removed afterwards, or ``rev``
-    itself when it names a folder holding a checkout (the working tree with its uncommitted changes, say)."""
+    itself when it names a folder holding a checkout (the working tree with its uncommitted changes, say).
+    Raises :class:`CheckoutError` (with git's message) when the worktree cannot be made."""
     if Path(rev).is_dir():
         yield Path(rev).resolve()
         return
-    subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=ROOT, check=True, capture_output=True)
+    done = subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=ROOT, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        said = done.stderr.strip() or f"exit {done.returncode}"
+        raise CheckoutError(f"cannot check out {rev!r} into {where}: {said}")
     try:
         yield where
     finally:
@@ -90,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    for rev in (args.rev_a, args.rev_b):
+        try:
+            check_revision(rev)
+        except CheckoutError as err:
+            p.error(str(err))
     variants = [_variant(v) for v in (args.variants.split(",") if args.variants else DEFAULT)]
     common = ["--data", "embedded", "--epochs", str(args.epochs), "--threads", "1", "--progress", "none",
               "--no-plots", "--seed", str(args.seed)]
