@@ -193,6 +193,20 @@ def test_balanced_kd_with_unit_weights_is_plain_kd(gen):
         E.balanced_kd(z, teacher[:, :3], torch.ones(4))
 
 
+def test_balanced_kd_weight_check_can_be_left_to_the_caller(gen):
+    """``check_weights=False`` (a caller that validated its weights once) gives the same loss on valid weights,
+    and only the checked call refuses a zero or infinite weight."""
+    z, teacher = torch.randn(5, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    w = E.effective_number_weights([3, 50, 50, 400], 0.99)
+    assert torch.equal(E.balanced_kd(z, teacher, w, check_weights=False), E.balanced_kd(z, teacher, w))
+    for bad in (torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([1.0, float("inf"), 1.0, 1.0])):
+        with pytest.raises(LossArgumentError, match="finite and > 0"):
+            E.balanced_kd(z, teacher, bad)
+        E.balanced_kd(z, teacher, bad, check_weights=False)  # the caller's responsibility
+    with pytest.raises(LossArgumentError):  # the shape is still checked
+        E.balanced_kd(z, teacher, torch.ones(3), check_weights=False)
+
+
 def test_saturated_logits_stay_finite():
     z = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, -1e4]], requires_grad=True)
     y = torch.tensor([0, 1])

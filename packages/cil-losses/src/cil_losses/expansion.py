@@ -167,6 +167,7 @@ def balanced_kd(
     T: float = 2.0,
     *,
     reduction: str = "mean",
+    check_weights: bool = True,
 ) -> torch.Tensor:
     """FOSTER's balanced distillation of the compression stage (Wang et al., ECCV 2022; official ``BKD``).
 
@@ -180,6 +181,8 @@ def balanced_kd(
         class_weights: ``[C]`` weights ``w_c > 0``.
         T: temperature > 0 (FOSTER: 2).
         reduction: ``"mean"`` over the batch (default), ``"sum"`` or ``"none"`` (``[B]``).
+        check_weights: verify that every weight is finite and > 0 (two host synchronisations on an accelerator;
+            a caller that validated its weights once, e.g. per phase, turns it off for its steps).
 
     Example:
         >>> import torch, cil_losses.expansion as E
@@ -197,7 +200,8 @@ def balanced_kd(
     T = _checks.temperature("T", T)
     how = _checks.reduction(reduction)
     z = _checks.upcast(logits)
-    w = _weights("class_weights", class_weights, z.shape[1], z)
+    w = (_weights("class_weights", class_weights, z.shape[1], z) if check_weights
+         else _checks.as_float_vector("class_weights", class_weights, z.shape[1], z))
     soft = torch.softmax(teacher.detach().to(z.dtype) / T, dim=1) * w
     soft = soft / soft.sum(dim=1, keepdim=True)
     per_sample = -(soft * torch.log_softmax(z / T, dim=1)).sum(dim=1)
