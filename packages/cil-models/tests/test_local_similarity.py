@@ -181,3 +181,14 @@ def test_network_with_local_similarity_head():
     restored = IncrementalNet.from_checkpoint_state(state)
     with torch.no_grad():
         assert torch.equal(restored.eval()(x), net(x))
+
+
+def test_kmeans_refuses_a_generator_off_the_cpu():
+    """The k-means++ draws run on the CPU whatever the points' device: a CUDA generator (as
+    ``torch.Generator(device=features.device)`` gives on a GPU) would fail inside torch with a less
+    clear message. A stand-in carries the device, as no CUDA generator can be made on a CPU-only host."""
+    from types import SimpleNamespace
+
+    points = torch.randn(20, 4)
+    with pytest.raises(ModelConfigError, match="CPU generator"):
+        kmeans(points, 3, generator=SimpleNamespace(device=torch.device("cuda", 0)))

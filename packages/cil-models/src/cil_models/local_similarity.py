@@ -146,7 +146,8 @@ def kmeans(points: Tensor, k: int, *, iterations: int = 100, generator: torch.Ge
     Each Lloyd step is two matrix operations (distances, then ``index_add_`` of the members).
     A cluster that loses all its points keeps its centre. With ``N <= k`` the points themselves
     are the centres, cycled to fill ``k`` rows (a tail class with fewer samples than proxies;
-    RECO: no source covers this case). Seeded by ``generator`` (default: the global one).
+    RECO: no source covers this case). Seeded by ``generator`` (default: the global one), a CPU generator
+    whatever the device of ``points``: the k-means++ draws are made on the CPU.
     """
     positive_int("k", k)
     positive_int("iterations", iterations)
@@ -154,6 +155,9 @@ def kmeans(points: Tensor, k: int, *, iterations: int = 100, generator: torch.Ge
         raise ModelConfigError(
             f"points must be a non-empty floating-point tensor [N, D], got {list(getattr(points, 'shape', []))}"
         )
+    if generator is not None and generator.device.type != "cpu":
+        raise ModelConfigError(f"generator must be a CPU generator (the seeding draws on the CPU), got one on "
+                               f"{generator.device}")
     n = points.shape[0]
     if n <= k:
         return points[torch.arange(k, device=points.device) % n].clone()
