@@ -32,6 +32,8 @@ import torch.nn.functional as F
 import cil_data
 from cil_models import IncrementalNet
 from cil_train import RunConfig
+from cil_train.devices import resolve_device
+from cil_train.distributed import DistInfo
 from cil_train.loop import Trainer
 
 
@@ -47,6 +49,24 @@ def _subset_npz(ds: cil_data.ImageDataset, n: int, folder: Path) -> Path:
     np.savez(path, x_train=x_tr.numpy(), y_train=ds.train_labels[idx].numpy(), x_test=x_te.numpy(),
              y_test=ds.test_labels[:200].numpy(), classes=np.array(ds.class_names))
     return path
+
+
+def bench_device(name: str) -> torch.device:
+    """``--device`` of a benchmark (``auto``: CUDA where there is one), as ``cil-train`` resolves it."""
+    return resolve_device(name, DistInfo())
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a timer must not stop before its kernels)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's as platform reports it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 class _PerImage(torch.utils.data.Dataset):
@@ -65,10 +85,12 @@ class _PerImage(torch.utils.data.Dataset):
 
 
 def reference_loop(ds: cil_data.ImageDataset, backbone: str, epochs: int, batch_size: int, workers: int,
-                   seed: int, teacher: bool = False) -> dict:
+                   seed: int, teacher: bool = False, device: torch.device | str = "cpu") -> dict:
     """The plain loop; ``teacher=True`` adds what an incremental phase of iCaRL adds in such a loop (PyCIL's
     ``_update_representation``): a frozen copy of the network forwarded under ``no_grad`` on the same batch and
-    a temperature-2 KD term on its logits."""
+    a temperature-2 KD term on its logits. On a GPU the network lives there and each batch is copied there from
+    pinned memory, as such loops do (``x.to(device)``)."""
+    device = torch.device(device)
     from torchvision import transforms
 
     size = ds.image_shape[1]
@@ -78,17 +100,21 @@ def reference_loop(ds: cil_data.ImageDataset, backbone: str, epochs: int, batch_
     ])
     images = ds.train_images.permute(0, 2, 3, 1).squeeze(-1).numpy()  # HW (grey) or HWC
     loader = torch.utils.data.DataLoader(_PerImage(images, ds.train_labels.numpy(), tf), batch_size=batch_size,
-                                         shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+                                         shuffle=True, num_workers=workers, persistent_workers=workers > 0,
+                                         pin_memory=device.type == "cuda")
     torch.manual_seed(seed)
     net = IncrementalNet(backbone, in_channels=ds.image_shape[0])
     net.expand(ds.num_classes)
+    net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     old = copy.deepcopy(net).eval() if teacher else None
     net.train()
     n = 0
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(epochs):
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = net(x)
             loss = F.cross_entropy(logits, y)
             if old is not None:
@@ -99,6 +125,7 @@ def reference_loop(ds: cil_data.ImageDataset, backbone: str, epochs: int, batch_
             loss.backward()
             opt.step()
             n += len(y)
+    synchronize(device)
     seconds = time.perf_counter() - start
     return {"images": n, "seconds": seconds, "img_per_s": n / seconds}
 
@@ -140,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.backbone, args.epochs = 512, "resnet8", 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = bench_device(args.device)
     ds_full = cil_data.load_npz(args.npz) if args.npz else cil_data.load_embedded()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         data_name = ds_full.name
         ds = cil_data.load_npz(npz)
         results["reference (DataLoader + per-image transforms, fp32 NCHW)"] = reference_loop(
-            ds, args.backbone, args.epochs, args.batch_size, args.workers, args.seed)
+            ds, args.backbone, args.epochs, args.batch_size, args.workers, args.seed, device=device)
         variants = [("ours fp32 NCHW", "off", False, False), ("ours channels_last", "off", True, False),
                     ("ours channels_last + autocast (default)", "auto", True, False)]
         if args.compile:
@@ -159,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = next(iter(results.values()))["img_per_s"]
     print(f"loop speed: {args.backbone}, batch {args.batch_size}, {args.images} {data_name} images "
           f"{'×'.join(map(str, ds_full.image_shape))} × {args.epochs} epochs, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+          f"{torch.get_num_threads()} threads, {device_name(device)}")
     print(f"| loop | images/s | ratio to reference |\n|---|---:|---:|")
     for name, r in results.items():
         label = name + (f" [{r['amp']}]" if "amp" in r else "")
@@ -170,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "benchmark": "loop", "data": data_name, "image_shape": list(ds_full.image_shape), "backbone": args.backbone, "batch_size": args.batch_size, "images": args.images,
             "epochs": args.epochs, "threads": torch.get_num_threads(), "workers": args.workers,
-            "device": args.device, "torch": torch.__version__, "python": sys.version.split()[0],
+            "device": str(device), "device_name": device_name(device), "torch": torch.__version__, "python": sys.version.split()[0],
             "results": results,
         }, indent=2))
     return 0

@@ -31,12 +31,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -52,12 +52,15 @@ PARTS = ("train", "teacher", "eval", "memory", "checkpoint", "other")
 
 class Timers:
     """Seconds per part of the current phase (nested parts are not double counted: teacher time spent inside
-    a training step is moved from train to teacher)."""
+    a training step is moved from train to teacher). ``sync`` runs as a part starts and ends: on a GPU it waits
+    for the queued kernels, so each part holds its own GPU time (which also drains the queue at each part's
+    edges: a timed GPU run is a little slower than a plain one, whose wall time ``bench revisions`` gives)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
         self.current: dict[str, float] = defaultdict(float)
         self.phases: list[dict[str, float]] = []
         self._open: set[str] = set()
+        self.sync = sync
 
     @contextlib.contextmanager
     def part(self, name: str):
@@ -65,10 +68,12 @@ class Timers:
             yield
             return
         self._open.add(name)
+        self.sync()
         start = time.perf_counter()
         try:
             yield
         finally:
+            self.sync()
             self._open.discard(name)
             self.current[name] += time.perf_counter() - start
 
@@ -96,10 +101,12 @@ def instrument(stack: contextlib.ExitStack, timers: Timers) -> None:
 
     def timed_phase(self, *args, **kwargs):
         timers.current = defaultdict(float)
+        timers.sync()
         start = time.perf_counter()
         try:
             return run_phase(self, *args, **kwargs)
         finally:
+            timers.sync()
             phase = dict(timers.current)
             phase["total"] = time.perf_counter() - start
             phase["train"] = phase.get("train", 0.0) - phase.get("teacher", 0.0)
@@ -130,7 +137,8 @@ def _time_teacher_calls(stack: contextlib.ExitStack, timers: Timers) -> None:
 
 def run_method(method: str, npz: Path, args: argparse.Namespace, out: Path, compile_mode: str = "auto",
                fold: bool = True) -> dict:
-    timers = Timers()
+    device = bench_loop.bench_device(args.device)
+    timers = Timers(sync=lambda: bench_loop.synchronize(device))
     cfg = RunConfig(method=method, data="npz", data_root=str(npz), imbalance=1.0, phases=args.phases,
                     memory_per_class=20, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
                     seed=args.seed, plots=args.plots, progress="none", out=str(out), device=args.device,
@@ -189,21 +197,23 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.phases, args.backbone = 600, 2, "resnet8"
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = bench_loop.bench_device(args.device)
     ds_full = cil_data.load_npz(args.npz) if args.npz else cil_data.load_embedded()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         npz = bench_loop._subset_npz(ds_full, min(args.images, len(ds_full.train_labels)), tmp)
         ds = cil_data.load_npz(npz)
-        ref = bench_loop.reference_loop(ds, args.backbone, args.epochs, args.batch_size, args.workers, args.seed)
+        ref = bench_loop.reference_loop(ds, args.backbone, args.epochs, args.batch_size, args.workers, args.seed,
+                                        device=device)
         ref_teacher = bench_loop.reference_loop(ds, args.backbone, args.epochs, args.batch_size, args.workers,
-                                                args.seed, teacher=True)
+                                                args.seed, teacher=True, device=device)
         modes = args.compile.split(",")
         folds = [{"on": True, "off": False}[f] for f in args.fold_bn.split(",")]
         runs = [run_method(m, npz, args, tmp / f"{m}-{mode}-{'fold' if fold else 'bn'}", mode, fold)
                 for m in args.methods.split(",") for mode in modes for fold in folds]
     print(f"whole run: {args.phases} phases of {ds_full.name} ({args.images} training images), {args.backbone}, "
           f"batch {args.batch_size}, {args.epochs} epoch(s) per phase, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}; reference loop {ref['img_per_s']:.0f} img/s, "
+          f"{bench_loop.device_name(device)}; reference loop {ref['img_per_s']:.0f} img/s, "
           f"with a teacher {ref_teacher['img_per_s']:.0f} img/s (phases with a teacher are compared with it)")
     for run in runs:
         fold = "" if run["compiled"] else f", --fold-bn {'on' if run['fold_bn'] else 'off'}"
@@ -234,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"benchmark": "run", "reference": ref, "reference_with_teacher": ref_teacher,
                                          "runs": runs, "phases": args.phases,
                                          "epochs": args.epochs, "backbone": args.backbone, "images": args.images,
-                                         "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                         "threads": torch.get_num_threads(), "device": str(device),
+                                         "device_name": bench_loop.device_name(device), "torch": torch.__version__,
                                          "python": sys.version.split()[0]}, indent=2))
     return 0
 

@@ -123,6 +123,10 @@ BAD = [
     (["--lr-schedule", "step"], ["--lr-steps"]),
     (["--lr-schedule", "step", "--lr-steps", "50", "--epochs", "10"], ["--lr-steps", "1..9"]),
     (["--amp", "fp16", "--device", "cpu"], ["--amp fp16", "CUDA"]),
+    (["--method", "dgr", "--amp", "fp16", "--device", "cuda"], ["--amp fp16", "--method dgr", "loss scaling",
+                                                                "--amp bf16"]),
+    (["--method", "podnet-bsce", "--amp", "fp16", "--device", "cuda"], ["--amp fp16", "podnet-bsce", "clamp"]),
+    (["--method", "bsce-meta", "--amp", "fp16", "--device", "cuda"], ["--amp fp16", "bsce-meta", "meta-gradient"]),
     (["--amp", "int4"], ["--amp", "bf16"]),
     (["--device", "tpu"], ["--device", "'tpu'"]),
     # protocol

@@ -139,3 +139,35 @@ def test_validators_name_the_field_directly():
         RunConfig(batch_size=0)
     with pytest.raises(ConfigError, match="--channels-last"):
         RunConfig(channels_last="yes")
+
+
+def test_amp_auto_that_resolves_to_float16_trains_dgr_in_float32(monkeypatch, tmp_path):
+    """``--amp auto`` on a GPU without bf16 resolves to float16; DGR cannot train under loss scaling
+    (``Method.no_fp16``), so the trainer takes float32 and says so; iCaRL keeps float16."""
+    import torch
+
+    from cil_train import loop
+
+    monkeypatch.setattr(loop, "resolve_amp", lambda amp, device: torch.float16)
+    said: list[str] = []
+    dgr = loop.Trainer(RunConfig(method="dgr", epochs=1, phases=2), tmp_path / "dgr", log=said.append)
+    assert dgr.amp_dtype is None and dgr.scaler is None
+    assert any("float32, not float16, for dgr" in line for line in said)
+    with pytest.warns(UserWarning, match="GradScaler"):  # float16 asks for a scaler, which needs CUDA
+        icarl = loop.Trainer(RunConfig(method="icarl", epochs=1, phases=2), tmp_path / "icarl", log=lambda _m: None)
+    assert icarl.amp_dtype == torch.float16
+
+
+def test_the_amp_help_names_every_method_that_refuses_float16():
+    import re
+
+    from cil_train.methods import method_class
+
+    text = " ".join(build_parser().format_help().split())
+    start = text.index("mixed precision:")
+    amp = text[start:text.index("(default", start)]
+    named = set(re.findall(r"[a-z][a-z0-9-]*\*?", amp[amp.index("not for"):amp.index("whose")]))
+    refusing = [m for m in methods() if method_class(m).no_fp16]
+    assert refusing, "no method refuses float16: drop the list from the help"
+    for name in refusing:
+        assert name in named or any(n.endswith("*") and name.startswith(n[:-1]) for n in named), name

@@ -118,3 +118,44 @@ def test_two_processes_with_torchrun_gloo(tiny_argv, tmp_path):
     assert m["complete"] and len(m["acc_per_phase"]) == 2
     assert sorted(p.name for p in (out / "memory").glob("*.h5")) == ["after_phase_02.h5"]
     assert sum(m["memory_per_class"]) == m["phases"][-1]["memory_after"]
+
+
+def test_restore_generator_sets_a_state_of_the_same_kind():
+    from cil_train.checkpoint import restore_generator
+
+    saved = torch.Generator().manual_seed(11)
+    state = saved.get_state()
+    expected = torch.rand(5, generator=saved)
+    gen, said = torch.Generator().manual_seed(99), []
+    restore_generator(gen, state, said.append)
+    assert torch.equal(torch.rand(5, generator=gen), expected) and said == []
+
+
+def test_restore_generator_reseeds_from_a_state_saved_on_another_device_kind():
+    """A CUDA generator's state (16 bytes of Philox seed and offset) cannot be set on a CPU generator (5,056
+    bytes of Mersenne twister), as ``--resume --device cpu`` of a GPU run would ask: the generator is seeded from
+    the saved bytes instead, the same way on every resume, and the log says what that changes."""
+    from cil_train.checkpoint import restore_generator
+
+    foreign = torch.arange(16, dtype=torch.uint8)
+    draws = []
+    for _ in range(2):
+        gen, said = torch.Generator(), []
+        restore_generator(gen, foreign, said.append)
+        draws.append(torch.rand(5, generator=gen))
+        assert len(said) == 1 and said[0].startswith("warning:") and "another kind of device" in said[0]
+    assert torch.equal(draws[0], draws[1])
+    other, said = torch.Generator(), []
+    restore_generator(other, torch.arange(1, 17, dtype=torch.uint8), said.append)
+    assert not torch.equal(torch.rand(5, generator=other), draws[0])
+
+
+def test_checkpoint_state_is_moved_to_the_host_once_and_cpu_tensors_are_not_copied():
+    from cil_train.checkpoint import _on_cpu
+
+    t = torch.randn(3)
+    state = {"net": {"w": t, "steps": [t, (t, 2)]}, "phase": 1, "name": "x"}
+    moved = _on_cpu(state)
+    assert moved["net"]["w"] is t and moved["net"]["steps"][0] is t and moved["net"]["steps"][1][0] is t
+    assert isinstance(moved["net"]["steps"], list) and isinstance(moved["net"]["steps"][1], tuple)
+    assert moved["phase"] == 1 and moved["name"] == "x"

@@ -22,7 +22,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -32,7 +32,7 @@ from cil_data.atomic import temporary_name
 from .errors import CheckpointError, RunWriteError
 
 __all__ = ["CHECKPOINT", "PREVIOUS_CHECKPOINT", "Checkpoint", "atomic_write_json", "checkpoint_candidates",
-           "load_checkpoint", "remove_temporary_files", "save_checkpoint", "writing"]
+           "load_checkpoint", "remove_temporary_files", "restore_generator", "save_checkpoint", "writing"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
@@ -103,8 +103,48 @@ def _digest(value: Any, h: "hashlib._Hash | None" = None) -> str:
     return h.hexdigest()
 
 
+def restore_generator(gen: torch.Generator, state: torch.Tensor, log: Callable[[str], None]) -> None:
+    """``gen.set_state(state)``. A state saved by a generator of another device kind (a run checkpointed on a GPU
+    and resumed on the CPU, or the reverse: ``--device`` may change on ``--resume``) does not fit ``gen``, so
+    ``gen`` is seeded from the saved state's SHA-256 instead (the same resume draws the same numbers), with a
+    warning: the augmentation from there on differs from an uninterrupted run's."""
+    state = state.detach().to("cpu", torch.uint8)
+    if state.numel() == gen.get_state().numel():
+        gen.set_state(state)
+        return
+    seed = int.from_bytes(hashlib.sha256(state.numpy().tobytes()).digest()[:8], "little")
+    gen.manual_seed(seed)
+    log(f"warning: the checkpoint's augmentation generator was saved on another kind of device than "
+        f"{gen.device.type}; it is seeded from the saved state instead, so the augmentations of the rest of the "
+        f"run differ from those of a run that was not interrupted")
+
+
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in host memory (CPU tensors as they are): a GPU run's state is copied once,
+    without a wait per tensor, before it is hashed and serialised."""
+    devices: set[torch.device] = set()
+
+    def move(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            if v.device.type == "cpu":
+                return v
+            devices.add(v.device)
+            return v.detach().to("cpu", non_blocking=True)
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(move(x) for x in v)
+        return v
+
+    out = move(value)
+    for device in devices:  # the non-blocking copies land before anything reads them (each GPU's, under DDP)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return out
+
+
 def _encode(ckpt: Checkpoint) -> bytes:
-    state = dataclasses.asdict(ckpt)
+    state = _on_cpu(dataclasses.asdict(ckpt))
     state["sha256"] = _digest(state)
     buf = io.BytesIO()
     torch.save(state, buf)

@@ -123,7 +123,8 @@ class RunConfig:
     seed: int = option("seed of initialisation, batch order and augmentation", number(0, integer=True), 1993,
                        group="training")
     device: str = option("auto (cuda if available), cpu, cuda, cuda:N", text, "auto", group="training")
-    amp: str = option("mixed precision: auto (bf16 where the hardware supports it), bf16, fp16 (cuda), off",
+    amp: str = option("mixed precision: auto (bf16 where the hardware supports it), bf16, fp16 (cuda; not for "
+                      "dgr, podnet*, bsce-meta, whose training does not mix with loss scaling), off",
                       choice("auto", "bf16", "fp16", "off"), "auto", group="training")
     channels_last: bool = option("channels_last memory format", boolean, True, group="training")
     compile: str = option(
@@ -280,6 +281,9 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError("--increments and --base-classes are exclusive: --increments already fixes the first phase.")
     if cfg.amp == "fp16" and not cfg.device.startswith("cuda") and cfg.device != "auto":
         raise ConfigError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or --amp off.")
+    if cfg.amp == "fp16" and method.no_fp16:
+        raise ConfigError(f"--amp fp16 cannot train --method {cfg.method}: {method.no_fp16}. Use --amp bf16 or "
+                          "--amp off.")
     if cfg.log == "tensorboard":
         from .tblog import check_tensorboard
 

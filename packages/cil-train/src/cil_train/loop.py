@@ -29,7 +29,7 @@ from . import compilation, metrics as M
 from .base_model import (cache_file as base_cache_file, fingerprint as base_fingerprint, load_base, save_base,
                          unstorable as base_unstorable)
 from .checkpoint import (CHECKPOINT, Checkpoint, atomic_write_json, checkpoint_candidates, load_checkpoint,
-                         remove_temporary_files, save_checkpoint, writing)
+                         remove_temporary_files, restore_generator, save_checkpoint, writing)
 from .config import RunConfig, memory_budget
 from .context import PhaseContext, PhaseData
 from .data import build_scenario, load_dataset
@@ -62,9 +62,14 @@ class Trainer:
         self.log = log if self.info.is_main else (lambda _msg: None)
         self.device = resolve_device(cfg.device, self.info)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # a run's convolutions keep their shapes: cuDNN tunes each once
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.method = method_class(cfg.method)(cfg)
+        if self.amp_dtype == torch.float16 and self.method.no_fp16:  # --amp auto on a GPU without bf16
+            self.log(f"--amp auto: float32, not float16, for {cfg.method} ({self.method.no_fp16})")
+            self.amp_dtype = None
         self.dataset = load_dataset(cfg)
         self.scenario = build_scenario(cfg, self.dataset)
         policy = self.dataset.augment if cfg.augment == "auto" else cfg.augment
@@ -420,7 +425,7 @@ class Trainer:
                 opt.load_state_dict(resume.optimizer)
                 sched.load_state_dict(resume.scheduler)
             ctx.generator.set_state(resume.gen)
-            aug_gen.set_state(resume.aug_gen)
+            restore_generator(aug_gen, resume.aug_gen, self.log)
             sampler.load_state_dict(resume.sampler)
             if self.scaler is not None and resume.scaler:
                 self.scaler.load_state_dict(resume.scaler)

@@ -87,6 +87,8 @@ class Method:
             leaves them out, so the variants of a method that differ only in them share one base model
             (``tests/test_base_checkpoint.py`` trains phase 0 with each of them changed and compares).
         eager_only: why the method cannot run compiled extractors (``--compile``), or "" when it can.
+        no_fp16: why the method cannot train under float16 autocast with loss scaling (``--amp fp16``; ``auto``
+            on GPUs without bf16 then trains it in float32), or "" when it can.
     """
 
     name: ClassVar[str] = ""
@@ -98,6 +100,7 @@ class Method:
     plain_base: ClassVar[bool] = False
     incremental_only: ClassVar[tuple[str, ...]] = ()
     eager_only: ClassVar[str] = ""
+    no_fp16: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

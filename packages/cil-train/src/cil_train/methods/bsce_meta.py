@@ -60,6 +60,8 @@ class MetaBalancedSoftmax(BalancedSoftmax):
     name = "bsce-meta"
     eager_only = ("its meta-gradient differentiates through a training step (create_graph=True), which compiled "
                   "backward graphs do not support")
+    no_fp16 = ("its meta-gradient (a second-order backward, |∇α| ≈ 2e-4) runs outside the loss scaling, where "
+               "float16 underflows or overflows")
     summary = "BalancedS-CE whose old-class weight α is meta-learned on a balanced validation split (Jodelet et al.)"
     memory = "required"
     position = 40
@@ -95,7 +97,8 @@ class MetaBalancedSoftmax(BalancedSoftmax):
 
     # -- the balanced loss as a function of (logits, α), shared by the look-ahead and the update
     def _balanced(self, ctx, logits, y, teacher, alpha) -> torch.Tensor:
-        l_c = L.balanced_softmax_cross_entropy(logits, y, ctx.class_counts, num_old=ctx.num_old, alpha=alpha)
+        l_c = L.balanced_softmax_cross_entropy(logits, y, ctx.class_counts, num_old=ctx.num_old, alpha=alpha,
+                                                 check_targets=False)
         if ctx.num_old == 0:
             return l_c
         l_d = L.kd_loss(logits[:, : ctx.num_old], teacher, self.options.kd_temperature, t_squared=True)

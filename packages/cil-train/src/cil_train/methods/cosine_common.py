@@ -42,6 +42,7 @@ def balanced_classification(kind: str, ctx: Any, logits: torch.Tensor, target: t
     if kind == "ce":
         return F.cross_entropy(logits, target)
     if kind == "bsce":
-        return L.balanced_softmax_cross_entropy(logits, target, ctx.class_counts)
+        return L.balanced_softmax_cross_entropy(logits, target, ctx.class_counts, check_targets=False)
     eps = relaxed_eps if relaxed_eps is not None else L.relaxed_eps_default(ctx.dataset_mean_count)
-    return L.balanced_softmax_cross_entropy(logits, target, ctx.class_counts, num_old=ctx.num_old, eps=eps)
+    return L.balanced_softmax_cross_entropy(logits, target, ctx.class_counts, num_old=ctx.num_old, eps=eps,
+                                             check_targets=False)

@@ -49,7 +49,8 @@ from cil_models import IncrementalNet, weight_align
 from ..options import choice, number, option
 from ..stages import ShuffleBatches
 from .base import Batch, Method
-from .expansion_common import balanced_subset, classification_term, distillation_terms, draw_rows_, phase_generator
+from .expansion_common import (balanced_subset, classification_term, distillation_terms, draw_rows_, head_on,
+                               phase_generator)
 from .icarl import JIOCOptions, jioc_ignored_options
 from .registry import register
 
@@ -172,10 +173,9 @@ class DER(Method):
 
     def _old_logits(self, model: IncrementalNet, feats: torch.Tensor) -> torch.Tensor:
         """The previous network's logits from the frozen old extractors' columns of this forward pass."""
-        weight, bias = self._old_head
+        self._old_head = weight, bias = head_on(self._old_head, feats.device)
         old = feats[:, : weight.shape[1]].detach().float()
-        return F.linear(old, weight.to(old.device, torch.float32),
-                        None if bias is None else bias.to(old.device, torch.float32))
+        return F.linear(old, weight, bias)
 
     def end_phase(self, ctx) -> dict[str, float]:
         model = ctx.model

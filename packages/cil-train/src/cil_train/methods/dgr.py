@@ -55,6 +55,8 @@ class DGR(Method):
     position = 110
     Options = DGROptions
     incremental_only = ("kd_temperature", "dgr_dakd", "dgr_kd_weight_max", "dgr_task_balance", "dgr_eta")
+    no_fp16 = ("its reweighting accumulates the norms of the classifier rows' gradients, which float16 loss scaling "
+               "multiplies by a scale that changes during training (and can overflow)")
 
     @classmethod
     def ignored_options(cls, options) -> dict[str, str]:
@@ -111,7 +113,10 @@ class DGR(Method):
         z_ce, z_kd = self.reweighter(feats, head.full_weight(), head.full_bias())
         offsets = self._offsets(ctx)
         z_ce = z_ce.float()
-        ce = F.cross_entropy(z_ce, batch.y) if offsets is None else L.logit_adjusted_cross_entropy(z_ce, batch.y, offsets)
+        if offsets is None:
+            ce = F.cross_entropy(z_ce, batch.y)
+        else:  # the labels were checked when the data was loaded: no per-step range check (a GPU sync)
+            ce = L.logit_adjusted_cross_entropy(z_ce, batch.y, offsets, check_targets=False)
         if ctx.num_old == 0:
             return ce, {"ce": ce.detach()}
         T = self.options.kd_temperature

@@ -14,7 +14,15 @@ import cil_losses as L
 from .icarl import jioc_switches
 
 __all__ = ["classification_term", "distillation_terms", "draw_rows_", "balanced_subset",
-           "phase_generator"]
+           "phase_generator", "head_on"]
+
+
+def head_on(head: tuple[torch.Tensor, torch.Tensor | None], device: torch.device
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A kept head's ``(weight, bias)`` in float32 on ``device``: the same tensors when they are there already,
+    else copies (a resumed run restores them on the CPU; the caller keeps the copies, so they are made once)."""
+    weight, bias = head
+    return (weight.to(device, torch.float32), None if bias is None else bias.to(device, torch.float32))
 
 
 def classification_term(options: Any, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, str]:

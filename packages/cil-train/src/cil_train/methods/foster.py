@@ -61,7 +61,7 @@ from cil_models import IncrementalNet
 from ..options import boolean, choice, number, option
 from ..stages import scale_lr_steps
 from .base import Batch, KDOptions, Method
-from .expansion_common import classification_term, distillation_terms, draw_rows_, phase_generator
+from .expansion_common import classification_term, distillation_terms, draw_rows_, head_on, phase_generator
 from .icarl import JIOCOptions, jioc_ignored_options
 from .registry import register
 
@@ -195,9 +195,9 @@ class FOSTER(Method):
         aligned = z / w
         cls, key = classification_term(self.options, aligned, batch.y)
         fe = F.cross_entropy(model.aux_logits(feats).float(), batch.y)
-        weight, bias = self._old_head
+        self._old_head = weight, bias = head_on(self._old_head, z.device)
         old_feats = feats[:, model.extractor_slices[0]].detach().float()
-        old_logits = F.linear(old_feats, weight.to(z.device, torch.float32), bias.to(z.device, torch.float32))
+        old_logits = F.linear(old_feats, weight, bias)
         dist, parts = distillation_terms(self.options, ctx, z, aligned, old_logits, batch.is_memory, kd_if_no_oc=True)
         key = "la" if key == "ce" else key
         return cls + fe + dist, {key: cls.detach(), "fe": fe.detach(), **parts}
@@ -207,7 +207,7 @@ class FOSTER(Method):
             teacher = ctx.frozen_teacher()(batch.x).float()
         student = ctx.net(batch.x).float()
         loss = E.balanced_kd(student, teacher, self._weights["compress"].to(student.device),
-                             self.options.kd_temperature)
+                             self.options.kd_temperature, check_weights=False)  # > 0 and finite by construction
         return loss, {"bkd": loss.detach()}
 
     # -- end of the phase ---------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ class ILBaseline(Method):
         if ctx.num_old and self.correction == "loss-rescaling":
             return class_rescaled_cross_entropy(logits, y, ctx.class_counts)
         if ctx.num_old and self.correction == "separated-softmax":
-            return L.separated_softmax_cross_entropy(logits, y, ctx.num_old, is_memory)
+            return L.separated_softmax_cross_entropy(logits, y, ctx.num_old, is_memory, check_targets=False)
         return F.cross_entropy(logits, y)
 
     def loss(self, ctx, batch: Batch):
@@ -132,7 +132,8 @@ class BalancedSoftmax(ILBaseline):
         return self.options.bsce_alpha
 
     def classification_loss(self, ctx, logits, y, is_memory):
-        return L.balanced_softmax_cross_entropy(logits, y, ctx.class_counts, num_old=ctx.num_old, alpha=self.alpha(ctx))
+        return L.balanced_softmax_cross_entropy(logits, y, ctx.class_counts, num_old=ctx.num_old, alpha=self.alpha(ctx),
+                                               check_targets=False)
 
 
 @register
@@ -149,4 +150,5 @@ class RelaxedBalancedSoftmax(ILBaseline):
         return L.relaxed_eps_default(ctx.dataset_mean_count)
 
     def classification_loss(self, ctx, logits, y, is_memory):
-        return L.balanced_softmax_cross_entropy(logits, y, ctx.class_counts, num_old=ctx.num_old, eps=self.eps(ctx))
+        return L.balanced_softmax_cross_entropy(logits, y, ctx.class_counts, num_old=ctx.num_old, eps=self.eps(ctx),
+                                               check_targets=False)

@@ -67,6 +67,8 @@ class PODNet(Method):
     evaluation = ("cnn", "nme")
     Options = PODNetOptions
     incremental_only = ("podnet_flat", "podnet_spatial", "podnet_finetune_epochs", "podnet_finetune_lr")
+    no_fp16 = ("its gradient clamp (--podnet-grad-clip) acts in gradient hooks, on gradients that float16 loss "
+               "scaling has multiplied by the scale")
     classification = "nca"       # the only two places the -bsce variants differ:
     balanced_finetuning = True   # the classification term, and no finetuning
 
@@ -85,7 +87,7 @@ class PODNet(Method):
             model.expand(ctx.num_new)
             return model
         feats, labels = new_class_features(ctx)
-        gen = torch.Generator(device=feats.device).manual_seed(self.run.seed * 31337 + ctx.t)
+        gen = torch.Generator().manual_seed(self.run.seed * 31337 + ctx.t)  # k-means++ draws on the CPU
         model.expand_imprinted(kmeans_proxies(feats, labels, ctx.num_new, self.options.podnet_proxies, generator=gen))
         return model
 

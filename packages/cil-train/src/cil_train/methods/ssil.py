@@ -111,7 +111,8 @@ class SSIL(Method):
             return ce, {"ce": ce.detach()}
         o = self.options
         if o.ssil_separated:
-            cls = L.separated_softmax_cross_entropy(logits, batch.y, ctx.num_old, batch.is_memory)
+            cls = L.separated_softmax_cross_entropy(logits, batch.y, ctx.num_old, batch.is_memory,
+                                                   check_targets=False)
         else:
             cls = F.cross_entropy(logits, batch.y)
         if o.ssil_kd == "none":
