@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -296,6 +297,27 @@ def test_revision_checkout_of_a_folder_and_of_a_commit(tmp_path):
     assert not where.exists()
 
 
+def test_an_unknown_revision_is_a_clear_error_before_any_run(tmp_path, capsys):
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    compare = _tool("compare_revisions")
+    compare.check_revision("HEAD")
+    compare.check_revision(str(tmp_path))  # a folder is taken as it is
+    with pytest.raises(compare.CheckoutError, match="no-such-revision"):
+        compare.check_revision("no-such-revision")
+    with pytest.raises(compare.CheckoutError, match="no-such-revision"):
+        with compare.checkout("no-such-revision", tmp_path / "tree"):
+            pass
+    assert not (tmp_path / "tree").exists()
+    for tool, argv in ((_tool("bench_revisions"), ["HEAD", "no-such-revision", "--json", str(tmp_path / "r.json")]),
+                       (compare, ["no-such-revision", "HEAD"])):
+        with pytest.raises(SystemExit) as stop:
+            tool.main(argv)
+        assert stop.value.code == 2
+        assert "'no-such-revision' is neither a folder nor a commit" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_bench_bound_quick(tmp_path):
     out = tmp_path / "bound.json"
     done = _run("tools/bench.py", "bound", "--quick", "--json", str(out))
@@ -451,3 +473,34 @@ def test_last_phase_drift_recomputes_the_run_s_own_figures(tmp_path, epochs):
     assert figures["within old"] >= figures["old acc"]  # restricting the argmax to the old classes only helps
     done = _run("tools/last_phase_drift.py", str(run))
     assert done.returncode == 0 and "| run | n | before | old acc |" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_device_checks_script_runs_its_steps_tiny_on_the_cpu(tmp_path):
+    """tools/device_checks.sh, prepared and run as on a GPU machine but QUICK on the CPU: every step passes and
+    what comes back fits the device tool's limits (at most 8 files, plain names, one folder)."""
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    npz = tmp_path / "glyphs100.npz"
+    npz.write_bytes(b"stand-in: the quick steps run on the embedded data")
+    prepared, out = tmp_path / "prepared", tmp_path / "out"
+    env = {**os.environ, "DEVICE_DIR": str(prepared), "GLYPHS100": str(npz), "OUT": str(out), "QUICK": "1",
+           "DEVICE": "cpu", "PY": sys.executable}
+    done = subprocess.run(["bash", "tools/device_checks.sh", "--prepare", "HEAD"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (prepared / "HEAD" / "packages" / "cil-train" / "src" / "cil_train" / "cli.py").is_file()
+    assert (prepared / "before").read_text().strip() == "HEAD"
+    done = subprocess.run(["bash", "tools/device_checks.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    log = (out / "log.txt").read_text()
+    assert done.returncode == 0, log[-3000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["env.txt", "log.txt", "revisions-dgr.json", "revisions-icarl.json", "run-off.json", "smoke.json"]
+    assert all(p.is_file() for p in out.iterdir()) and len(names) <= 8
+    for method in ("icarl", "dgr"):
+        figures = json.loads((out / f"revisions-{method}.json").read_text())
+        assert figures["commit_a"] == "HEAD" and figures["mode"] == "alternate"
+        (pair,) = figures["runs"]
+        assert "error" not in pair["a"] and "error" not in pair["b"]
+    assert json.loads((out / "smoke.json").read_text())["phases"]
+    assert "| dgr |" in log and "exit 0" in log
