@@ -163,3 +163,27 @@ def test_phase_steps_give_every_method_the_same_number_of_steps(tiny, monkeypatc
         assert abs(n - target) <= batches[t] / 2 and n % batches[t] == 0, (t, n, batches[t])
     losses = [len(p["epoch_losses"]) for p in json.loads((out / "metrics.json").read_text())["phases"]]
     assert losses == [steps[t] // batches[t] for t in range(3)]
+
+
+def test_meta_update_reuses_the_steps_teacher_forward(tmp_path, monkeypatch):
+    """A step that updates α forwards the teacher once: the look-ahead and the training loss share its logits
+    (they were two forwards of the same frozen network on the same batch)."""
+    from cil_train.context import PhaseContext
+
+    counts = {"teacher": 0, "steps with a teacher": 0}
+    teacher_logits, loss = PhaseContext.teacher_logits, MetaBalancedSoftmax.loss
+
+    def counted_teacher(self, x):
+        counts["teacher"] += 1
+        return teacher_logits(self, x)
+
+    def counted_loss(self, ctx, batch):
+        counts["steps with a teacher"] += ctx.num_old > 0
+        return loss(self, ctx, batch)
+
+    monkeypatch.setattr(PhaseContext, "teacher_logits", counted_teacher)
+    monkeypatch.setattr(MetaBalancedSoftmax, "loss", counted_loss)
+    argv = ["--method", "bsce-meta", "--data", "embedded", "--backbone", "resnet8", "--phases", "2", "--epochs", "1",
+            "--meta-interval", "1", "--threads", "1", "--progress", "none", "--no-plots", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert counts["steps with a teacher"] > 0 and counts["teacher"] == counts["steps with a teacher"], counts

@@ -105,7 +105,10 @@ class MetaBalancedSoftmax(BalancedSoftmax):
         rho = ctx.num_old / ctx.num_seen
         return rho * l_d + (1.0 - rho) * l_c
 
-    def _meta_update(self, ctx, batch: Batch) -> None:
+    def _meta_update(self, ctx, batch: Batch, teacher: torch.Tensor) -> None:
+        """One update of α (Algorithm 1): a look-ahead step on ``batch`` at the current α, then α moves against
+        the gradient of the look-ahead network's cross-entropy on a balanced validation batch. ``teacher``: the
+        previous network's logits of ``batch``, the same the training step's loss uses (forwarded once)."""
         val_x, val_y = self._val_x, self._val_y
         if val_x is None or len(val_y) == 0:
             return
@@ -114,7 +117,6 @@ class MetaBalancedSoftmax(BalancedSoftmax):
         yv = val_y[pick]
         model = ctx.model
         alpha = torch.tensor(self._alpha, dtype=torch.float32, device=ctx.device, requires_grad=True)
-        teacher = ctx.teacher_logits(batch.x).float()
         buffers = {n: b.clone() for n, b in model.named_buffers()}
         lr = ctx.current_lr()
         if self.options.meta_scope == "classifier":
@@ -150,10 +152,10 @@ class MetaBalancedSoftmax(BalancedSoftmax):
         return self.options.meta_adam_lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)) ** 0.5 + ADAM_EPS)
 
     def loss(self, ctx, batch: Batch):
-        if ctx.num_old > 0 and ctx.step % self.options.meta_interval == 0:
-            self._meta_update(ctx, batch)
-        logits = ctx.net(batch.x).float()
         teacher = ctx.teacher_logits(batch.x).float() if ctx.num_old else None
+        if ctx.num_old > 0 and ctx.step % self.options.meta_interval == 0:
+            self._meta_update(ctx, batch, teacher)
+        logits = ctx.net(batch.x).float()
         loss = self._balanced(ctx, logits, batch.y, teacher, self._alpha)
         return loss, {"alpha": self._alpha}
 
