@@ -225,7 +225,7 @@ def test_bench_revisions_side_by_side_from_one_tree(tmp_path):
     """Both sides from the same checkout: two timed runs, equal metrics (one thread each), the table from --json."""
     out = tmp_path / "revisions.json"
     done = _run("tools/bench.py", "revisions", str(ROOT), str(ROOT), "--methods", "finetune", "--json", str(out),
-                "--", "--phases", "2", "--epochs", "1", "--backbone", "resnet8")
+                "--phases", "2", "--epochs", "1", "--backbone", "resnet8")  # no `--`: as `hatch run` passes it on
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert figures["mode"] == "side by side" and figures["cil_train_args"][:2] == ["--phases", "2"]
@@ -238,6 +238,21 @@ def test_bench_revisions_side_by_side_from_one_tree(tmp_path):
     rebuilt = _run("tools/bench.py", "revisions", "--table-only", "--json", str(out))
     assert rebuilt.returncode == 0 and "| finetune | 1 |" in rebuilt.stdout
     assert rebuilt.stdout.strip() in done.stdout  # the table the run printed, rebuilt from its results
+
+
+def test_bench_revisions_takes_run_options_with_or_without_the_double_dash():
+    """`hatch run bench revisions A B -- --preset P` reaches the tool without its `--` (hatch takes the first):
+    the options it does not know still go to every run, and a run's `--seed` is not taken for `--seeds`."""
+    tool = _tool("bench_revisions")
+    own = ["0d97c2a", "HEAD", "--methods", "icarl", "--repeats", "2"]
+    for argv in ([*own, "--", "--preset", "glyphs100-lt", "--seed", "3"], [*own, "--preset", "glyphs100-lt", "--seed", "3"]):
+        args, extra = tool.parse_with_common_options(tool.build_parser(), argv)
+        assert (args.rev_a, args.rev_b, args.methods, args.repeats, args.seeds) == ("0d97c2a", "HEAD", "icarl", 2, "1")
+        assert extra == ["--preset", "glyphs100-lt", "--seed", "3"]
+    args, extra = tool.parse_with_common_options(tool.build_parser(), [*own, "--", "--repeats", "5"])
+    assert (args.repeats, extra) == (2, ["--repeats", "5"])  # after `--`: the run's, whatever its name
+    with pytest.raises(SystemExit):  # a run option between the tool's own is refused, as a typo would be
+        tool.parse_with_common_options(tool.build_parser(), ["A", "B", "--preset", "p", "--methods", "icarl"])
 
 
 def test_bench_revisions_reports_a_failing_run(tmp_path):

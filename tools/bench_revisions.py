@@ -12,7 +12,8 @@ of runs to the next). Both are started from the repository root, so a preset's `
     hatch run bench revisions 0d97c2a HEAD --methods dgr --seeds 1,2,3      # the main job, 3 seeds
     hatch run bench revisions --table-only --json results/speed/revisions-glyphs100-lt.json
 
-Everything after ``--`` goes to both runs (``--method``, ``--seed``, ``--threads``, ``--out``, ``--no-plots``
+Everything after ``--`` goes to both runs (``hatch run`` takes the first ``--`` of its command line for itself, so
+the options this tool does not know, written after its own, count as written after ``--``; ``--method``, ``--seed``, ``--threads``, ``--out``, ``--no-plots``
 and ``--progress none`` are set here). The table gives, per method, the mean wall time of each revision, the
 speed-up (mean over mean, and the range of the per-pair ratios), the time inside the training stages and outside
 them (from ``metrics.json``: the phases' ``train_seconds``, teacher forwards included, and the rest of the process), and the average incremental
@@ -35,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_revisions import ROOT, CheckoutError, check_revision, checkout, packages_env  # noqa: E402
+from run_options import parse_with_common_options  # noqa: E402
 
 from cil_train.checkpoint import atomic_write_json  # noqa: E402
 from cil_train.compare import mean_std  # noqa: E402  (the mean ± std cells of ``cil-train compare``)
@@ -139,13 +141,8 @@ def table(figures: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("rev_a", nargs="?", help="the earlier revision (a commit, or a folder holding a checkout)")
     p.add_argument("rev_b", nargs="?", help="the later revision")
     p.add_argument("--methods", default="icarl,dgr", help="comma-separated methods (default icarl,dgr)")
@@ -158,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table-only", action="store_true", help="print the table of --json's results, run nothing")
     p.add_argument("--names", help="NAME_A,NAME_B: the revisions' names in the table and the results, instead of "
                    "the commits git describes (for folders outside a git checkout, e.g. a `git archive`)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser()
+    args, extra = parse_with_common_options(p, argv)  # the cil-train options: after `--` (optional under hatch)
     if args.table_only:
         if not args.json:
             p.error("--table-only needs --json FILE")

@@ -53,6 +53,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_options import parse_with_common_options  # noqa: E402  (re-exported: the tests import it from here)
+
 from cil_train.compare import COLUMNS, RunSummary, group_runs, load_run, markdown_table, summary_json, mean_curve
 from cil_train.methods import methods
 from cil_train.report import plot_accuracy_curves
@@ -215,27 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records-from-summary", action="store_true",
                    help="first write records for the cells of a committed OUT/summary.json that have none")
     return p
-
-
-def parse_with_common_options(parser: argparse.ArgumentParser,
-                              argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Split ``argv`` into this tool's options and the options every run gets.
-
-    The run options are those after ``--``. ``hatch run`` consumes the first ``--`` of its command line
-    (``hatch run python tools/method_matrix.py ... -- --threads 1`` reaches this tool as ``... --threads 1``),
-    so without a ``--`` the options this tool does not know are the run options, provided they come after
-    all of its own (a stray word or an option between this tool's own is refused, as a typo would be).
-    """
-    if "--" in argv:
-        i = argv.index("--")
-        return parser.parse_args(argv[:i]), argv[i + 1:]
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        start = len(argv) - len(extra)
-        if argv[start:] != extra or not extra[0].startswith("-"):
-            parser.error(f"unrecognized arguments: {' '.join(extra)} (options for every run go last, "
-                         "after '--'; under 'hatch run' write them last, the '--' is optional)")
-    return args, extra
 
 
 def main(argv: list[str] | None = None) -> int:
