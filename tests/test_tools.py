@@ -255,6 +255,33 @@ def test_bench_revisions_takes_run_options_with_or_without_the_double_dash():
         tool.parse_with_common_options(tool.build_parser(), ["A", "B", "--preset", "p", "--methods", "icarl"])
 
 
+def test_bench_revisions_side_options_reach_one_side_only(tmp_path, monkeypatch, capsys):
+    """``--args-a``/``--args-b``: one commit, two configurations; each side's runs get its own options after the
+    common ones, and the results and the table say which side had which."""
+    tool = _tool("bench_revisions")
+    seen: dict[str, list[list[str]]] = {}
+
+    def fake_run(tree, argv, out, threads):
+        seen.setdefault(out.name[-1], []).append(argv)
+        return {"wall_s": 2.0, "train_s": 1.0, "outside_train_s": 1.0, "avg_inc_acc": 50.0, "last_acc": 40.0}
+
+    monkeypatch.setattr(tool, "timed_run", fake_run)
+    out = tmp_path / "r.json"
+    argv = [str(ROOT), str(ROOT), "--methods", "icarl", "--seeds", "1,2", "--json", str(out),
+            "--args-a=--compile off", "--args-b", "--compile on --fold-bn", "--", "--epochs", "3"]
+    assert tool.main(argv) == 0
+    assert seen["a"] == [["--epochs", "3", "--compile", "off", "--method", "icarl", "--seed", s] for s in "12"]
+    assert seen["b"] == [["--epochs", "3", "--compile", "on", "--fold-bn", "--method", "icarl", "--seed", s]
+                         for s in "12"]
+    figures = json.loads(out.read_text())
+    assert (figures["cil_train_args"], figures["cil_train_args_a"], figures["cil_train_args_b"]) == (
+        ["--epochs", "3"], ["--compile", "off"], ["--compile", "on", "--fold-bn"])
+    header = tool.table(figures).splitlines()[0]
+    assert " (--compile off), B = " in header and header.endswith("(--compile on --fold-bn); side by side, 1 thread(s) "
+                                                                  "a run; cil-train --epochs 3")
+    assert "(--compile on --fold-bn) 2.0 s" in capsys.readouterr().out  # the progress lines name the side too
+
+
 def test_bench_revisions_reports_a_failing_run(tmp_path):
     out = tmp_path / "revisions.json"
     done = _run("tools/bench.py", "revisions", str(ROOT), str(ROOT), "--methods", "no-such-method", "--alternate",

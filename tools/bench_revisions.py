@@ -12,12 +12,15 @@ of runs to the next). Both are started from the repository root, so a preset's `
     hatch run bench revisions 0d97c2a HEAD --methods dgr --seeds 1,2,3      # the main job, 3 seeds
     hatch run bench revisions --table-only --json results/speed/revisions-glyphs100-lt.json
 
-Everything after ``--`` goes to both runs (``hatch run`` takes the first ``--`` of its command line for itself, so
-the options this tool does not know, written after its own, count as written after ``--``; ``--method``, ``--seed``, ``--threads``, ``--out``, ``--no-plots``
-and ``--progress none`` are set here). The table gives, per method, the mean wall time of each revision, the
-speed-up (mean over mean, and the range of the per-pair ratios), the time inside the training stages and outside
-them (from ``metrics.json``: the phases' ``train_seconds``, teacher forwards included, and the rest of the process), and the average incremental
-accuracy over the seeds (mean ± standard deviation; NME's too where the method reports it); a seed's metrics may
+Everything after ``--`` goes to both runs (``hatch run`` takes the first ``--`` of its command line for itself,
+so the options this tool does not know, written after its own, count as written after ``--``; ``--method``,
+``--seed``, ``--threads``, ``--out``, ``--no-plots`` and ``--progress none`` are set here). ``--args-a`` and
+``--args-b`` add options to one side's runs only: with one revision on both sides, the pair compares two
+configurations of one commit (``--args-a='--compile off' --args-b='--compile on'``). The table gives, per method,
+the mean wall time of each side, the speed-up (mean over mean, and the range of the per-pair ratios), the time
+inside the training stages and outside them (from ``metrics.json``: the phases' ``train_seconds``, teacher
+forwards included, and the rest of the process), and the average incremental accuracy over the seeds (mean ±
+standard deviation; NME's too where the method reports it); a seed's metrics may
 differ between revisions whose numerics differ.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -79,13 +83,14 @@ def timed_run(tree: Path, argv: list[str], out: Path, threads: int) -> dict:
     return record
 
 
-def run_pair(trees: dict[str, Path], argv: list[str], outs: dict[str, Path], threads: int,
+def run_pair(trees: dict[str, Path], argv: dict[str, list[str]], outs: dict[str, Path], threads: int,
              alternate: bool, first: str) -> dict[str, dict]:
-    """Both revisions' runs of one command: started together, or one after the other beginning with ``first``."""
+    """Both revisions' runs of one command (``argv[side]``: the same but for ``--args-a``/``--args-b``): started
+    together, or one after the other beginning with ``first``."""
     results: dict[str, dict] = {}
 
     def go(side: str) -> None:
-        results[side] = timed_run(trees[side], argv, outs[side], threads)
+        results[side] = timed_run(trees[side], argv[side], outs[side], threads)
 
     if alternate:
         for side in (first, *[s for s in SIDES if s != first]):
@@ -109,9 +114,15 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
+def side_name(figures: dict, side: str) -> str:
+    """A side as the table's header names it: its commit, and its own options (``--args-a``/``--args-b``) if any."""
+    own = figures.get(f"cil_train_args_{side}") or []
+    return figures[f"commit_{side}"] + (f" ({' '.join(own)})" if own else "")
+
+
 def table(figures: dict) -> str:
     """The markdown table of a results dict (as written to ``--json``)."""
-    lines = [f"A = {figures['commit_a']}, B = {figures['commit_b']}; {figures['mode']}, "
+    lines = [f"A = {side_name(figures, 'a')}, B = {side_name(figures, 'b')}; {figures['mode']}, "
              f"{figures['threads']} thread(s) a run; cil-train {' '.join(figures['cil_train_args']) or '(defaults)'}",
              "",
              "| method | pairs | wall A | wall B | A ÷ B (pairs) | train A → B | outside training A → B | "
@@ -153,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the two revisions one after the other, not side by side")
     p.add_argument("--json", type=Path, help="write the results here (with --table-only: read them from here)")
     p.add_argument("--table-only", action="store_true", help="print the table of --json's results, run nothing")
+    p.add_argument("--args-a", default="", metavar="OPTIONS",
+                   help="cil-train options for A's runs only, after the common ones (e.g. --args-a='--compile off' "
+                   "--args-b='--compile on' with one revision twice: two configurations of one commit)")
+    p.add_argument("--args-b", default="", metavar="OPTIONS", help="cil-train options for B's runs only")
     p.add_argument("--names", help="NAME_A,NAME_B: the revisions' names in the table and the results, instead of "
                    "the commits git describes (for folders outside a git checkout, e.g. a `git archive`)")
     return p
@@ -180,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if names is not None and (len(names) != 2 or not all(names)):
         p.error("--names takes two names, NAME_A,NAME_B")
     methods = [m for m in args.methods.split(",") if m]
+    side_args = {"a": shlex.split(args.args_a), "b": shlex.split(args.args_b)}
     seeds = [int(s) for s in args.seeds.split(",") if s]
     import torch  # only for the record of the host
     from cil_train.devices import cpu_has_amx
@@ -187,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {"benchmark": "revisions", "rev_a": args.rev_a, "rev_b": args.rev_b,
                "commit_a": names[0] if names else describe(args.rev_a),
                "commit_b": names[1] if names else describe(args.rev_b), "cil_train_args": extra,
+               **{f"cil_train_args_{side}": own for side, own in side_args.items() if own},
                "threads": args.threads, "mode": "alternate" if args.alternate else "side by side",
                "methods": methods, "seeds": seeds, "repeats": args.repeats,
                "host": {"machine": platform.machine(), "processor": platform.processor(),
@@ -194,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         "torch": torch.__version__,
                         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
                "runs": []}
-    print(f"{figures['commit_a']} against {figures['commit_b']}, {figures['mode']}, {args.threads} thread(s) a run; "
+    print(f"{side_name(figures, 'a')} against {side_name(figures, 'b')}, {figures['mode']}, "
+          f"{args.threads} thread(s) a run; "
           f"cil-train {' '.join(extra) or '(defaults)'}", flush=True)
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             for repeat in range(args.repeats):
                 for method in methods:
                     for seed in seeds:
-                        run_argv = [*extra, "--method", method, "--seed", str(seed)]
+                        run_argv = {s: [*extra, *side_args[s], "--method", method, "--seed", str(seed)]
+                                    for s in SIDES}
                         outs = {s: tmp / f"{method}-s{seed}-r{repeat}-{s}" for s in SIDES}
                         first = SIDES[count % 2]
                         count += 1
@@ -218,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                             what = (f"error: {r['error']}" if "error" in r
                                     else f"avg. inc. {r['avg_inc_acc']:.2f} %")
                             failed |= "error" in r
-                            print(f"  {method} seed {seed} repeat {repeat + 1}: {figures['commit_' + side]} "
+                            print(f"  {method} seed {seed} repeat {repeat + 1}: {side_name(figures, side)} "
                                   f"{r['wall_s']:.1f} s, {what}", flush=True)
     print()
     print(table(figures))
