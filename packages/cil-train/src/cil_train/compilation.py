@@ -25,13 +25,22 @@ AVX-512-bf16 but no AMX (2-core AMD EPYC, where ``--amp auto`` also picks bf16) 
 ResNet-8 step with a teacher ran 0.84-0.99× the eager one in bf16 (1.12× in float32), and whole
 ``glyphs100-lt-fair`` runs took longer compiled than eager (see the README's "Compilation").
 
+Whole bf16 runs on a CPU with AMX did not gain either (2-core Intel Xeon with AMX, 2026-12-08, ``hatch run bench
+revisions`` of one commit with ``--args-a='--compile off' --args-b='--compile on'``, empty cache, the
+``glyphs100-lt`` preset, ResNet-8, one thread each, side by side): 0.94× at 15 epochs a phase (400,000 planned
+images) and 0.98× at 20 (533,000); in another pair at 15 epochs, timed phase by phase, phases 2-10 ran 3 %
+faster compiled (342 → 331 s) and phase 1 36 s slower (12 → 48 s, the compilation). (The 1.32× above is a
+ResNet-32 step at batch 128 on two threads; whole runs of that network were not measured long enough to compile.)
+
 ``auto`` (the default) compiles on a CPU when the run plans at least :data:`AUTO_MIN_IMAGES` training images
 (forward + backward passes of one image, see :func:`planned_images`): past both cold-cache break-evens
-above, so even the first run on a machine gains, except in bf16 on a CPU without AMX, which stays eager
-(and keeps ``--fold-bn``, which a compiled run does not use). The rule looks at the run's configuration only, not at the state of the
-cache, so one command compiles (or not) the same way every time: a compiled network's numerics differ from
-the eager one's in the last bits, and a result should not depend on what ran before on the machine. GPUs: not
-measured yet for these networks, so ``auto`` leaves them eager (``--compile on`` compiles).
+above, so even the first run on a machine gains, except in bf16 (with AMX or without), which stays eager
+(and keeps ``--fold-bn``, which a compiled run does not use): in practice ``auto`` compiles long float32 runs,
+i.e. on CPUs without bf16 support, where ``--amp auto`` trains in float32. The rule looks at the run's
+configuration only, not at the state of the cache, so one command compiles (or not) the same way every time: a
+compiled network's numerics differ from the eager one's in the last bits, and a result should not depend on what
+ran before on the machine. GPUs: not measured yet for these networks, so ``auto`` leaves them eager (``--compile
+on`` compiles).
 """
 
 from __future__ import annotations
@@ -39,8 +48,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from .devices import cpu_has_amx
 
 __all__ = ["AUTO_MIN_IMAGES", "SizeGatedCompile", "compile_extractors", "decide", "is_compiled", "planned_images"]
 
@@ -103,18 +110,18 @@ def planned_images(cfg: Any, scenario: Any, budget: Any) -> int:
     return total
 
 
-def decide(mode: str, device: torch.device, images: int, amp_dtype: torch.dtype | None = None, *,
-           amx: bool | None = None) -> tuple[bool, str]:
+def decide(mode: str, device: torch.device, images: int,
+           amp_dtype: torch.dtype | None = None) -> tuple[bool, str]:
     """``(compile?, why)`` for ``--compile MODE`` (see the module's docstring for the measurements behind it).
 
-    ``amp_dtype``: the run's autocast dtype (None: float32); ``amx``: whether the CPU has AMX (None: ask
-    :func:`~cil_train.devices.cpu_has_amx`)."""
+    ``amp_dtype``: the run's autocast dtype (None: float32)."""
     if mode in ("on", "off"):
         return mode == "on", f"--compile {mode}"
     if device.type != "cpu":
         return False, "--compile auto: not measured on GPUs yet"
     if images < AUTO_MIN_IMAGES:
         return False, f"--compile auto: {images:,} planned training images < {AUTO_MIN_IMAGES:,}"
-    if amp_dtype == torch.bfloat16 and not (cpu_has_amx() if amx is None else amx):
-        return False, "--compile auto: bf16 on a CPU without AMX, where compiled runs were not faster"
+    if amp_dtype == torch.bfloat16:
+        return False, ("--compile auto: bf16 on a CPU, where compiled whole runs were not faster (with AMX or "
+                       "without)")
     return True, f"--compile auto: {images:,} planned training images ≥ {AUTO_MIN_IMAGES:,}"

@@ -130,7 +130,7 @@ class RunConfig:
     compile: str = option(
         "torch.compile the feature extractors once per run (every phase and the teacher reuse the graphs; the head "
         "stays eager): on, off, or auto = on where it was measured to pay: on a CPU, for runs of at least 500,000 "
-        "planned training images, except bf16 on a CPU without AMX (see cil_train.compilation); --compile alone = on",
+        "planned training images in float32 (bf16 runs stay eager; see cil_train.compilation); --compile alone = on",
         choice("auto", "on", "off"), "auto", group="training", flag_value="on", false_value="off")
     base_checkpoint: str | None = option(
         "a file holding the base model (phase 0): loaded instead of training phase 0 when it exists (it must have "
